@@ -1,0 +1,4 @@
+"""`python -m slimbench ...`"""
+from slimbench.cli import main
+
+raise SystemExit(main())

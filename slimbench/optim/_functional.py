@@ -1,0 +1,118 @@
+r"""The SlimAdam update as pure functions over parallel tensor lists (torch.optim's functional style).
+
+Every kernel takes the same lists (params, grads, exp_avgs, exp_avg_sqs, state_steps, dims) and the
+same :class:`AdamHyper`, so one can stand in for another and "foreach == for-loop" is a plain test.
+
+For a parameter with compression dims K (a tuple of tensor dims; () = Adam)::
+
+    t  <- t + 1
+    p  <- p * (1 - lr * wd)                                   decoupled weight decay (AdamW)
+    M  <- b1 * M + (1 - b1) * G
+    V  <- b2 * V + (1 - b2) * mean_K(G * G)                   V has G's shape with the K dims of size 1
+    p  <- p - lr / (1 - b1^t) * M / (sqrt(V) / sqrt(1 - b2^t) + eps)     V broadcast over K
+
+With K = () the arithmetic is torch.optim.AdamW's, operation for operation, so the results agree to the
+last bit in the for-loop path and to fp rounding in the foreach path.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from math import prod
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class AdamHyper:
+    """Hyperparameters of one param group for one step (read from the group every step)."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    maximize: bool = False
+
+
+def mean_sq(grad: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """mean_K(G*G) with K dims kept as size 1, without a full-size G*G temporary.
+
+    ``vector_norm`` reduces in one pass, so the transient is the reduced shape, not a copy of G; this
+    is what keeps SlimAdam's peak memory at or below AdamW's.
+    """
+    n = prod(grad.shape[d] for d in dims)
+    return torch.linalg.vector_norm(grad, 2, dim=dims, keepdim=True).square_().div_(n)
+
+
+def reduced_shape(shape: torch.Size | tuple[int, ...], dims: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of V for a parameter of ``shape``: the K dims set to 1."""
+    return tuple(1 if i in dims else s for i, s in enumerate(shape))
+
+
+def _single_tensor_slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+                            exp_avg_sqs: list[Tensor], state_steps: list[Tensor],
+                            dims: list[tuple[int, ...]], hp: AdamHyper) -> None:
+    for param, grad, exp_avg, exp_avg_sq, step_t, k in zip(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims):
+        grad = grad if not hp.maximize else -grad
+        step_t += 1
+        param.mul_(1 - hp.lr * hp.weight_decay)
+        exp_avg.lerp_(grad, 1 - hp.beta1)
+        if k:
+            exp_avg_sq.mul_(hp.beta2).add_(mean_sq(grad, k), alpha=1 - hp.beta2)
+        else:
+            exp_avg_sq.mul_(hp.beta2).addcmul_(grad, grad, value=1 - hp.beta2)
+        step = step_t.item()
+        bias_correction1 = 1 - hp.beta1**step
+        bias_correction2 = 1 - hp.beta2**step
+        step_size = hp.lr / bias_correction1
+        denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(hp.eps)
+        param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def group_for_foreach(*lists: list, keys: list) -> dict:
+    """Bucket parallel lists by key (device, dtype, dims) so each bucket is one batch of foreach calls."""
+    buckets: dict = defaultdict(lambda: tuple([] for _ in lists))
+    for i, key in enumerate(keys):
+        for bucket, lst in zip(buckets[key], lists):
+            bucket.append(lst[i])
+    return dict(buckets)
+
+
+def _multi_tensor_slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+                           exp_avg_sqs: list[Tensor], state_steps: list[Tensor],
+                           dims: list[tuple[int, ...]], hp: AdamHyper) -> None:
+    keys = [(p.device, p.dtype, k) for p, k in zip(params, dims)]
+    buckets = group_for_foreach(params, grads, exp_avgs, exp_avg_sqs, state_steps, keys=keys)
+    for (_, _, k), (b_params, b_grads, b_exp_avgs, b_exp_avg_sqs, b_steps) in buckets.items():
+        if hp.maximize:
+            b_grads = torch._foreach_neg(b_grads)
+        torch._foreach_add_(b_steps, 1)
+        if hp.weight_decay != 0:
+            torch._foreach_mul_(b_params, 1 - hp.lr * hp.weight_decay)
+        torch._foreach_lerp_(b_exp_avgs, b_grads, 1 - hp.beta1)
+        torch._foreach_mul_(b_exp_avg_sqs, hp.beta2)
+        if k:
+            # One reduced tensor at a time: no full-size G*G list is ever alive.
+            torch._foreach_add_(b_exp_avg_sqs, [mean_sq(g, k) for g in b_grads], alpha=1 - hp.beta2)
+        else:
+            torch._foreach_addcmul_(b_exp_avg_sqs, b_grads, b_grads, 1 - hp.beta2)
+        steps = [s.item() for s in b_steps]
+        step_size = [-(hp.lr / (1 - hp.beta1**s)) for s in steps]
+        bias_correction2_sqrt = [(1 - hp.beta2**s) ** 0.5 for s in steps]
+        denom = torch._foreach_sqrt(b_exp_avg_sqs)  # reduced shapes: small unless k == ()
+        torch._foreach_div_(denom, bias_correction2_sqrt)
+        torch._foreach_add_(denom, hp.eps)
+        torch._foreach_addcdiv_(b_params, b_exp_avgs, denom, step_size)  # denom broadcasts over K
+        del denom
+
+
+def slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+             state_steps: list[Tensor], dims: list[tuple[int, ...]], *, hp: AdamHyper,
+             foreach: bool = False) -> None:
+    """Functional SlimAdam: see :class:`slimbench.SlimAdam` for the algorithm."""
+    if not params:
+        return
+    impl = _multi_tensor_slimadam if foreach else _single_tensor_slimadam
+    impl(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims, hp)
