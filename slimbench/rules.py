@@ -160,6 +160,10 @@ def resolve(named_shapes: Iterable[tuple[str, Sequence[int]]], rules: RulesLike,
         except ValueError as e:
             raise ValueError(f"rule {pattern!r}{where} for parameter {name!r} (shape {list(shape)}): {e}") from None
         out[name] = Assignment(name, shape, kind, dims, pattern)
+    if strict:
+        # A rule counts as used if it matches some parameter, even where a more specific rule won.
+        kinds = {n: layer_type(n, s) for n, s in items}
+        used |= {p for p in table for n, s in items if p == n or (len(s) >= 2 and _pattern_matches(p, n, kinds[n]))}
     unused = [p for p in table if p not in used]
     if strict and unused:
         p = unused[0]
@@ -218,5 +222,6 @@ def fingerprint(rules: RulesLike) -> str:
     if isinstance(rules, (str, os.PathLike)):
         rules = load_rules(rules)
     table = rules.rules if isinstance(rules, RuleSet) else dict(rules)
-    blob = json.dumps({str(k): v if isinstance(v, str) else list(v) for k, v in table.items()}, sort_keys=True)
+    blob = json.dumps({str(k): v if v is None or isinstance(v, str) else list(v) for k, v in table.items()},
+                      sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
