@@ -7,6 +7,9 @@ Public API::
 """
 from slimbench.optim import AdaLayer, SlimAdam
 from slimbench.rules import Assignment, load_rules, resolve, save_rules
+from slimbench.snr import apply_rules, derive_rules, load_snr, track_snr
 
 __version__ = "0.1.0"
-__all__ = ["SlimAdam", "AdaLayer", "Assignment", "resolve", "load_rules", "save_rules", "__version__"]
+# `snr` itself is not re-exported: binding slimbench.snr to a function would shadow the subpackage.
+__all__ = ["SlimAdam", "AdaLayer", "Assignment", "resolve", "load_rules", "save_rules", "track_snr",
+           "derive_rules", "load_snr", "apply_rules", "__version__"]

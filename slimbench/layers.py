@@ -34,6 +34,7 @@ PAPER_DIMS: dict[str, str | None] = {
     "norm": None,
     "bias": None,
     "vector": None,
+    "patch_embedding": None,  # ViT patch projection: no paper rule; derive one with `slimbench snr`
     "conv": None,  # the paper gives no conv rule; derive one with `slimbench snr`
     "other": None,
 }
@@ -53,6 +54,7 @@ _BY_MODULE: dict[str, tuple[str, ...]] = {
     "embedding": ("tok_emb", "wte", "embed_tokens", "word_embeddings", "tok_embeddings", "embed_in",
                   "token_embedding", "embedding", "shared"),
     "pos_embedding": ("pos_emb", "wpe", "position_embeddings", "pos_embedding", "embed_positions"),
+    "patch_embedding": ("patch_emb", "patch_embed", "patch_embeddings", "patch_embedding", "conv_proj"),
     "head": ("lm_head", "head", "output", "embed_out", "classifier", "fc", "score"),
 }
 _MODULE_TO_TYPE = {m: t for t, mods in _BY_MODULE.items() for m in mods}
@@ -97,7 +99,7 @@ def layer_type(name: str, shape: Sequence[int]) -> str:
             return "attn_out"
         return "other"
     kind = _MODULE_TO_TYPE.get(module, "other")
-    if ndim == 4 and kind not in ("embedding", "pos_embedding"):
+    if ndim == 4 and kind not in ("embedding", "pos_embedding", "patch_embedding"):
         return "conv"  # (out, in, kh, kw)
     if ndim == 3 and kind not in ("embedding", "pos_embedding"):
         return "other"  # e.g. a ViT class token (1, 1, d)

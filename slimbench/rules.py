@@ -130,6 +130,9 @@ def resolve(named_shapes: Iterable[tuple[str, Sequence[int]]], rules: RulesLike,
         raise ValueError(f"rules must be None, 'paper', a dict, a RuleSet or a path; got {type(rules).__name__}")
     if strict is None:
         strict = by == "name"
+    # Name-keyed files record each parameter's shape: a mismatch means rules for another model.
+    expected_shapes = ({e["match"]: e["shape"] for e in rules.entries if "shape" in e}
+                       if isinstance(rules, RuleSet) and by == "name" else {})
     where = f" in {origin}" if origin else ""
 
     for pattern in table:
@@ -155,6 +158,10 @@ def resolve(named_shapes: Iterable[tuple[str, Sequence[int]]], rules: RulesLike,
             out[name] = Assignment(name, shape, kind, (), None, _fused_note(kind))
             continue
         used.add(pattern)
+        want = expected_shapes.get(pattern)
+        if want is not None and tuple(want) != shape:
+            raise ValueError(f"rule {pattern!r}{where}: parameter has shape {list(shape)} in this model but "
+                             f"{list(want)} in the rules file (rules derived for a different model?)")
         try:
             dims = parse_dims(table[pattern], shape, kind)
         except ValueError as e:

@@ -144,3 +144,9 @@ def test_saved_file_is_plain_json(tmp_path):
     path = save_rules(tmp_path / "r.json", [{"match": "a.weight", "dims": (1,)}])
     obj = json.loads(path.read_text())
     assert obj["format"] == "slimbench.rules" and obj["version"] == 1 and obj["rules"][0]["dims"] == [1]
+
+
+def test_name_rules_file_with_wrong_shape_is_an_error(tmp_path, tiny_gpt):
+    path = save_rules(tmp_path / "r.json", [{"match": "blocks.0.attn.q.weight", "dims": [1], "shape": [16, 16]}])
+    with pytest.raises(ValueError, match=r"shape \[8, 8\] in this model but \[16, 16\] in the rules file"):
+        SlimAdam(tiny_gpt.named_parameters(), rules=path)

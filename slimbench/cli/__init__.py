@@ -14,7 +14,7 @@ import sys
 from slimbench.io import FormatError
 
 # Order is the order shown in --help.
-SUBCOMMANDS = ("audit", "optimizers", "snr", "rules", "run", "report", "compare", "profile")
+SUBCOMMANDS = ("audit", "optimizers", "profile", "snr", "rules", "data", "run", "report", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:
