@@ -1,0 +1,136 @@
+"""`python -m slimbench audit`: optimizer-state memory of a model preset, on the meta device (no weights).
+
+    python -m slimbench audit --model gpt2-small --optimizers adamw,slimadam,adalayer,adam-mini,adafactor
+    python -m slimbench audit --model llama-3-8b --optimizers all --format json
+    python -m slimbench audit --model gpt2-small-fused --optimizers slimadam --details
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from tabulate import tabulate
+
+from slimbench.io import write_json_atomic
+from slimbench.memory.audit import DEFAULT_OPTIMIZERS, METHOD_META, METHOD_META_STUB, AuditResult, audit
+from slimbench.memory.presets import PRESETS
+from slimbench.registry import REGISTRY
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_METHOD_CODES = {METHOD_META: "meta", METHOD_META_STUB: "meta*"}
+
+
+def human_bytes(n: float | None) -> str:
+    """1536 -> '1.50 KiB' (binary units, as allocators count)."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def parse_optimizers(text: str) -> list[str]:
+    """'adamw,slimadam' -> names; 'all' -> every registry entry."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if names == ["all"]:
+        return list(REGISTRY)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown optimizer(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
+    if not names:
+        raise ValueError("--optimizers is empty")
+    return names
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("audit", help="optimizer-state memory of a model preset (meta device, no weights)",
+                              description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog="presets: " + ", ".join(PRESETS))
+    p.add_argument("--model", default="gpt2-small", help="model preset (default gpt2-small)")
+    p.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
+                   help=f"comma-separated registry names or 'all' (default {','.join(DEFAULT_OPTIMIZERS)})")
+    p.add_argument("--rules", metavar="PATH", help="SlimAdam rules file (default: the paper's rules)")
+    p.add_argument("--dtype", choices=list(_DTYPES), default="float32", help="parameter dtype (default float32)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--details", action="store_true",
+                   help="also per-parameter SlimAdam intent vs reality and bytes per state key")
+    p.add_argument("--output", metavar="PATH", help="also write the JSON result to PATH")
+    p.set_defaults(func=run)
+
+
+def _totals_table(res: AuditResult) -> str:
+    rows = []
+    for r in res.rows:
+        if r.ledger is None:
+            rows.append([r.optimizer, "-", "-", "-", "-", "-", "-", "skipped", r.reason])
+            continue
+        lg = r.ledger
+        rows.append([r.optimizer, lg.state_bytes, human_bytes(lg.state_bytes), f"{lg.ratio:.4f}",
+                     f"{r.vs_adamw:.4f}" if r.vs_adamw is not None else "-", f"{lg.second_moments:,}",
+                     f"{lg.second_moment_saved_fraction:.4%}", _METHOD_CODES.get(r.method, r.method),
+                     "; ".join(r.notes)])
+    return tabulate(rows, headers=["optimizer", "state bytes", "state", "x params", "x AdamW", "2nd moments held",
+                                   "2nd moments saved", "method", "notes"], disable_numparse=True)
+
+
+def _intent_lines(res: AuditResult, details: bool) -> list[str]:
+    if not res.intent:
+        return []
+    s = res.intent_summary()
+    lines = [f"SlimAdam intent vs reality (rules: {res.rules}): {s['parameters']} parameters, "
+             f"{s['compressed']} compressed as intended, {s['full_1d']} 1-D kept full (by design), "
+             f"{len(s['fell_back'])} >= 2-D fell back to full Adam ({s['fell_back_numel']:,} elements), "
+             f"{len(s['mismatches'])} mismatches"]
+    if s["fused_uncompressed"]:
+        lines.append(f"  fused QKV weights left uncompressed ({len(s['fused_uncompressed'])}): "
+                     + ", ".join(s["fused_uncompressed"][:4]) + (" ..." if len(s["fused_uncompressed"]) > 4 else ""))
+    other = [n for n in s["fell_back"] if n not in s["fused_uncompressed"]]
+    if other:
+        lines.append(f"  other fallbacks ({len(other)}): " + ", ".join(other[:6]) + (" ..." if len(other) > 6 else ""))
+    if s["mismatches"]:
+        lines.append("  MISMATCH (state shape differs from the rule): " + ", ".join(s["mismatches"]))
+    if details:
+        rows = [[r.name, "x".join(map(str, r.shape)), r.layer_type, r.rule or "-", r.dims,
+                 "x".join(map(str, r.intended_v_shape)),
+                 "x".join(map(str, r.actual_v_shape)) if r.actual_v_shape is not None else "-", r.status, r.note]
+                for r in res.intent]
+        lines += ["", tabulate(rows, headers=["parameter", "shape", "layer type", "rule", "K", "V intended",
+                                              "V held", "status", "note"], disable_numparse=True)]
+    return lines
+
+
+def render_table(res: AuditResult, details: bool = False) -> str:
+    """The audit as text: header, totals table, legend, SlimAdam intent, optional details."""
+    out = [f"model {res.model}: {res.param_numel:,} parameters, {human_bytes(res.param_bytes)} of {res.dtype} "
+           f"weights (not allocated: meta device); audit took {res.seconds:.2f} s", "", _totals_table(res), "",
+           "x params = state bytes / parameter bytes; x AdamW = state bytes / AdamW's on this model; "
+           "2nd moments saved = 1 - held / parameter elements (ledger docstring lists the keys per optimizer).",
+           f"method: meta = {METHOD_META}; meta* = {METHOD_META_STUB}."]
+    intent = _intent_lines(res, details)
+    if intent:
+        out += [""] + intent
+    if details:
+        for r in res.rows:
+            if r.ledger is not None:
+                out += ["", f"{r.optimizer}: bytes per state key: " + ", ".join(
+                    f"{k}={human_bytes(v)}" for k, v in r.ledger.by_key().items())]
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = parse_optimizers(args.optimizers)
+    if args.model not in PRESETS:
+        raise ValueError(f"unknown model preset {args.model!r}; known: {', '.join(PRESETS)}")
+    res = audit(args.model, names, rules=args.rules, dtype=_DTYPES[args.dtype])
+    obj = res.to_dict(details=args.details)
+    if args.output:
+        write_json_atomic(args.output, obj)
+    if args.format == "json":
+        print(json.dumps(obj, indent=1))
+    else:
+        print(render_table(res, args.details))
+    return 0

@@ -1,0 +1,73 @@
+"""`python -m slimbench profile`: peak memory of a real training step per optimizer, split into params,
+grads, optimizer state and the transient of step(), checked against each optimizer's transient budget.
+
+    python -m slimbench profile --model gpt2-tiny --optimizers adamw,slimadam,adalayer --foreach
+    python -m slimbench profile --model gpt2-small --device cuda --snapshot-dir results/snapshots
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from tabulate import tabulate
+
+from slimbench.cli.audit import _DTYPES, human_bytes, parse_optimizers
+from slimbench.io import write_json_atomic
+from slimbench.memory.presets import PRESETS
+from slimbench.memory.profile import ProfileResult, profile
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("profile", help="peak and step-transient memory of a training step per optimizer",
+                              description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog="presets: " + ", ".join(PRESETS) + ". Profiles allocate real weights.")
+    p.add_argument("--model", default="gpt2-tiny", help="model preset (default gpt2-tiny)")
+    p.add_argument("--optimizers", default="adamw,slimadam,adalayer",
+                   help="comma-separated registry names or 'all' (default adamw,slimadam,adalayer)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    p.add_argument("--dtype", choices=list(_DTYPES), default="float32")
+    fe = p.add_mutually_exclusive_group()
+    fe.add_argument("--foreach", dest="foreach", action="store_true", default=None,
+                    help="foreach=True where supported")
+    fe.add_argument("--no-foreach", dest="foreach", action="store_false", help="foreach=False where supported")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=2, help="full steps before measuring (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--snapshot-dir", metavar="DIR", help="CUDA: write a memory snapshot per optimizer here")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--output", metavar="PATH", help="also write the JSON result to PATH")
+    p.set_defaults(func=run)
+
+
+def render_table(res: ProfileResult) -> str:
+    rows = []
+    for r in res.rows:
+        if r.status != "ok":
+            rows.append([r.optimizer, "-", "-", "-", "-", "-", "-", "-", "skipped: " + r.reason])
+            continue
+        rows.append([r.optimizer, human_bytes(r.param_bytes), human_bytes(r.grad_bytes), human_bytes(r.state_bytes),
+                     human_bytes(r.fwd_bwd_bytes), human_bytes(r.transient_bytes), human_bytes(r.peak_bytes),
+                     f"{human_bytes(r.budget_bytes)} {'ok' if r.within_budget else 'OVER'}",
+                     "" if r.foreach is None else f"foreach={r.foreach}"])
+    methods = sorted({r.method for r in res.rows if r.method})
+    return "\n".join([
+        f"model {res.model} on {res.device} ({res.dtype}), batch {res.batch_size} x {res.seq_len} tokens, "
+        f"measured after {res.warmup} warm-up steps", "",
+        tabulate(rows, headers=["optimizer", "params", "grads", "state", "fwd+bwd", "step transient", "peak",
+                                "transient budget", "notes"], disable_numparse=True), "",
+        "peak = params + state + the most new memory alive during forward, backward and step.",
+        *(f"method: {m}" for m in methods)])
+
+
+def run(args: argparse.Namespace) -> int:
+    names = parse_optimizers(args.optimizers)
+    res = profile(args.model, names, device=args.device, dtype=_DTYPES[args.dtype], foreach=args.foreach,
+                  batch_size=args.batch_size, seq_len=args.seq_len, warmup=args.warmup, seed=args.seed,
+                  snapshot_dir=args.snapshot_dir)
+    obj = res.to_dict()
+    if args.output:
+        write_json_atomic(args.output, obj)
+    print(json.dumps(obj, indent=1) if args.format == "json" else render_table(res))
+    return 0 if all(r.within_budget is not False for r in res.rows) else 1

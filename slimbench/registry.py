@@ -1,0 +1,423 @@
+"""Registry of optimizers: one declarative :class:`OptimizerSpec` per optimizer, all in :data:`REGISTRY`.
+
+A spec names a factory ``factory(model, lr, betas, weight_decay, **extra) -> Optimizer`` and declares what
+the optimizer can do (capability flags), so suites and tests are generated from the registry and
+filtered by capability, as torch's ``optim_db`` does. Specs never set implementation flags (``foreach``,
+``fused``): callers add them through :func:`build_optimizer`, which refuses a flag the spec lacks.
+
+Third-party optimizers are imported lazily inside their factories. A missing or broken package raises
+:class:`OptimizerUnavailable` (a ``RuntimeError`` carrying the name and the reason), which every caller in
+slimbench reports and skips, so one broken package never ends a run. :func:`available` lists the status
+of every entry without constructing anything.
+
+Example::
+
+    from slimbench.registry import build_optimizer
+    opt = build_optimizer("slimadam", model, lr=3e-4, weight_decay=0.1)           # paper rules
+    opt = build_optimizer("adamw", model, lr=3e-4, foreach=True)                  # implementation flag
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimbench.layers import layer_type
+from slimbench.optim import AdaLayer, SlimAdam
+from slimbench.rules import RulesLike
+
+Factory = Callable[..., torch.optim.Optimizer]
+
+
+class OptimizerUnavailable(RuntimeError):
+    """A registry optimizer whose package is missing or broken; callers report it and go on."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"optimizer {name!r} unavailable: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer: how to build it from a model, and what it supports.
+
+    Capability flags say what tests and suites may ask of it: ``foreach`` / ``fused`` (accepts that
+    implementation flag), ``closure`` (``step(closure)`` works), ``needs_names`` (must see parameter
+    names: rules, layer types, Adam-mini's partition), ``uses_rules`` (accepts SlimAdam rules).
+    ``package`` is the distribution a third-party optimizer comes from (None for torch and slimbench).
+    ``state_rule`` says in words what state it keeps, which the ledger then measures.
+    ``sensible_lr`` is a learning rate at which a few steps on a tiny model reduce the loss.
+    ``transient_budget`` bounds the extra bytes ``step()`` may allocate (see :func:`transient_budget`).
+    """
+
+    name: str
+    factory: Factory
+    description: str
+    family: str  # "adam", "sgd", "slim", "factored", "sign", "low-rank", ...
+    foreach: bool = False
+    fused: bool = False
+    closure: bool = True
+    needs_names: bool = False
+    uses_rules: bool = False
+    package: str | None = None  # distribution name, e.g. "adam-mini"
+    module: str | None = None  # import name checked by available(), e.g. "adam_mini"
+    state_rule: str = ""
+    sensible_lr: float = 1e-2
+    # transient budget: a * param_bytes + b * largest parameter's bytes + 64 KiB (see transient_budget)
+    transient_budget: tuple[float, float] = (0.0, 3.0)
+    extras: tuple[str, ...] = field(default=())  # optimizer-specific keyword arguments the factory takes
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "family": self.family,
+                "foreach": self.foreach, "fused": self.fused, "closure": self.closure,
+                "needs_names": self.needs_names, "uses_rules": self.uses_rules, "package": self.package,
+                "state_rule": self.state_rule, "sensible_lr": self.sensible_lr,
+                "transient_budget": list(self.transient_budget), "extras": list(self.extras)}
+
+
+def transient_budget(spec: OptimizerSpec, param_bytes: int, largest_param_bytes: int) -> int:
+    """Bytes ``step()`` may allocate beyond its steady state, as torch's ``test_peak_memory_foreach``
+    bounds foreach temporaries: for-loop paths hold a few temporaries of one tensor at a time
+    (``b * largest``); foreach paths hold lists over all tensors (``a * param_bytes``). 64 KiB of slack
+    covers step counters, reduced tensors and allocator rounding."""
+    a, b = spec.transient_budget
+    return int(a * param_bytes + b * largest_param_bytes) + 64 * 1024
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers shared by factories
+
+
+def _import(name: str, module: str, attr: str) -> Any:
+    """Import ``module.attr`` or raise OptimizerUnavailable naming what is missing."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise OptimizerUnavailable(name, f"package {module!r} not importable ({e})") from None
+    except Exception as e:  # a package that raises on import is broken, not missing
+        raise OptimizerUnavailable(name, f"package {module!r} broken on import ({type(e).__name__}: {e})") from None
+    try:
+        return getattr(mod, attr)
+    except AttributeError:
+        raise OptimizerUnavailable(name, f"{module}.{attr} not found (version "
+                                         f"{_dist_version(module) or 'unknown'})") from None
+
+
+def _dist_version(module: str) -> str | None:
+    dist = {"adam_mini": "adam-mini", "torch_optimizer": "torch-optimizer",
+            "pytorch_optimizer": "pytorch-optimizer"}.get(module, module)
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# factories: (model, lr, betas, weight_decay, **extra) -> Optimizer
+
+
+def _adamw(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, **extra: Any):
+    return torch.optim.AdamW(_trainable(model), lr=lr, betas=betas, weight_decay=weight_decay, **extra)
+
+
+def _adam(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, **extra: Any):
+    return torch.optim.Adam(_trainable(model), lr=lr, betas=betas, weight_decay=weight_decay, **extra)
+
+
+def _sgd(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, **extra: Any):
+    momentum = extra.pop("momentum", 0.9)
+    return torch.optim.SGD(_trainable(model), lr=lr, momentum=momentum, weight_decay=weight_decay, **extra)
+
+
+def _slimadam(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, *,
+              rules: RulesLike = "paper", **extra: Any):
+    return SlimAdam(_trainable(model), lr=lr, betas=betas, weight_decay=weight_decay,
+                    rules="paper" if rules is None else rules, **extra)
+
+
+def _adalayer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, **extra: Any):
+    return AdaLayer(_trainable(model), lr=lr, betas=betas, weight_decay=weight_decay, **extra)
+
+
+def _adalayer_ln_tl(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, **extra: Any):
+    return AdaLayer(_trainable(model), lr=lr, betas=betas, weight_decay=weight_decay,
+                    full_adam=("norm", "head"), **extra)
+
+
+# Attribute pairs (dim, n_heads, n_kv_heads) used by common model configs, tried in order.
+_CONFIG_KEYS = (("n_embd", "n_head", "n_kv_head"), ("d_model", "n_heads", "n_kv_heads"),
+                ("hidden_size", "num_attention_heads", "num_key_value_heads"), ("dim", "n_heads", "n_kv_heads"),
+                ("d_model", "n_head", "n_kv_head"), ("embed_dim", "num_heads", "num_kv_heads"))
+
+
+def adam_mini_shape(model: nn.Module, dim: int | None = None, n_heads: int | None = None,
+                    n_kv_heads: int | None = None) -> tuple[int, int, int | None, str]:
+    """(dim, n_heads, n_kv_heads, source) for Adam-mini, from overrides, ``model.config`` or the weights.
+
+    Adam-mini shares one second moment per attention head of the query/key weights, which it finds by
+    viewing each as (-1, dim * dim / n_heads); a wrong dim or head count silently changes the partition,
+    so the values come from the model's own config whenever it has one.
+    """
+    source = "override"
+    cfg = getattr(model, "config", None)
+    if cfg is not None and (dim is None or n_heads is None):
+        for d_key, h_key, kv_key in _CONFIG_KEYS:
+            if hasattr(cfg, d_key) and hasattr(cfg, h_key):
+                dim = dim if dim is not None else int(getattr(cfg, d_key))
+                n_heads = n_heads if n_heads is not None else int(getattr(cfg, h_key))
+                kv = getattr(cfg, kv_key, None)
+                n_kv_heads = n_kv_heads if n_kv_heads is not None else (int(kv) if kv else None)
+                source = f"model.config.{d_key}/{h_key}"
+                break
+    if dim is None:  # infer from a query weight (out, in): in = model dim
+        q = next((p for n, p in model.named_parameters() if layer_type(n, p.shape) == "query"), None)
+        if q is not None:
+            dim, source = int(q.shape[1]), "query weight shape"
+        else:
+            first2d = next((p for p in model.parameters() if p.dim() == 2), None)
+            dim, source = (int(first2d.shape[-1]) if first2d is not None else 1), "no attention found"
+    if n_heads is None:
+        n_heads = next((int(getattr(m, a)) for m in model.modules()
+                        for a in ("n_head", "n_heads", "num_heads") if isinstance(getattr(m, a, None), int)), 1)
+    return dim, n_heads, n_kv_heads, source
+
+
+# slimbench layer type -> the Adam-mini name set that gives that layer its intended partition
+_ADAM_MINI_SETS = {"query": "wqk_names", "key": "wqk_names", "value": "wv_names", "attn_out": "attn_proj_names",
+                   "mlp_up": "mlp_names", "mlp_gate": "mlp_names", "mlp_down": "mlp_names",
+                   "embedding": "embd_names", "pos_embedding": "embd_names", "head": "output_names"}
+
+
+def _adam_mini(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, *,
+               dim: int | None = None, n_heads: int | None = None, n_kv_heads: int | None = None,
+               map_names: bool = True, **extra: Any):
+    """Adam-mini with dim / heads derived from the model.
+
+    Adam-mini partitions by substrings of parameter names ("q_proj", "wte", "mlp", ...). With
+    ``map_names`` (default) each parameter slimbench recognises (:func:`slimbench.layers.layer_type`) is
+    added by its full name to the matching Adam-mini set, as Adam-mini's docs tell users to do, so a
+    model named ``attn.q`` gets the per-head partition instead of one block-wide V. Fused QKV weights
+    are left to Adam-mini's default (one V per tensor).
+    """
+    cls = _import("adam-mini", "adam_mini", "Adam_mini")
+    named = _trainable(model)
+    dim, n_heads, n_kv_heads, _ = adam_mini_shape(model, dim, n_heads, n_kv_heads)
+    if dim * dim % n_heads:
+        raise ValueError(f"adam-mini: dim {dim} * dim is not divisible by n_heads {n_heads}")
+    head_numel = dim * dim // n_heads
+    for n, p in named:
+        if layer_type(n, p.shape) in ("query", "key") and p.numel() % head_numel:
+            raise ValueError(f"adam-mini: {n} {tuple(p.shape)} does not split into heads of dim*dim/n_heads = "
+                             f"{head_numel}; pass dim= / n_heads= matching the model")
+    opt = cls(named, lr=lr, betas=betas, weight_decay=weight_decay, dim=dim, n_heads=n_heads,
+              n_kv_heads=n_kv_heads, verbose=False, **extra)
+    if map_names:
+        for n, p in named:
+            target = _ADAM_MINI_SETS.get(layer_type(n, p.shape))
+            if target and p.dim() >= 2:
+                getattr(opt, target).add(n.lower())
+    return opt
+
+
+def _adafactor(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, **extra: Any):
+    # torch.optim.Adafactor keeps no first moment; betas do not apply (beta2 follows beta2_decay).
+    return torch.optim.Adafactor(_trainable(model), lr=lr, weight_decay=weight_decay, **extra)
+
+
+def _adafactor_tf(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, **extra: Any):
+    cls = _import("adafactor-tf", "torch_optimizer", "Adafactor")
+    # Shazeer & Stern's defaults (beta1=None: no first moment), with the given lr instead of the
+    # relative-step schedule so runs compare at equal learning rates.
+    kw = dict(beta1=None, relative_step=False, scale_parameter=False, warmup_init=False)
+    kw.update(extra)
+    return cls([p for _, p in _trainable(model)], lr=lr, weight_decay=weight_decay, **kw)
+
+
+def _sm3(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, **extra: Any):
+    cls = _import("sm3", "pytorch_optimizer", "SM3")
+    if weight_decay:
+        raise ValueError("sm3 has no weight decay; pass weight_decay=0")
+    momentum = extra.pop("momentum", betas[0])
+    return cls([p for _, p in _trainable(model)], lr=lr, momentum=momentum, **extra)
+
+
+def _lion(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, **extra: Any):
+    cls = _import("lion", "pytorch_optimizer", "Lion")
+    return cls([p for _, p in _trainable(model)], lr=lr, betas=betas, weight_decay=weight_decay, **extra)
+
+
+def _came(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, **extra: Any):
+    cls = _import("came", "pytorch_optimizer", "CAME")
+    beta3 = extra.pop("beta3", 0.9999)
+    return cls([p for _, p in _trainable(model)], lr=lr, betas=(betas[0], betas[1], beta3),
+               weight_decay=weight_decay, **extra)
+
+
+# Layer types GaLore never projects: embeddings and the head are not low-rank updates (GaLore, Sec. 5).
+_GALORE_SKIP = ("embedding", "pos_embedding", "head")
+
+
+def _galore(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, *,
+            rank: int = 128, update_proj_gap: int = 200, scale: float = 0.25, projection_type: str = "std",
+            **extra: Any):
+    """GaLore (Zhao et al. 2024) with a real rank group: every 2-D weight except embeddings and the head
+    is projected to ``rank`` (Adam moments then live at (m, rank) or (rank, n)); the rest is plain AdamW."""
+    cls = _import("galore", "pytorch_optimizer", "GaLore")
+    low, full = [], []
+    for n, p in _trainable(model):
+        (low if p.dim() == 2 and layer_type(n, p.shape) not in _GALORE_SKIP else full).append(p)
+    groups: list[dict[str, Any]] = []
+    if low:
+        groups.append({"params": low, "rank": rank, "update_proj_gap": update_proj_gap, "scale": scale,
+                       "projection_type": projection_type})
+    if full:
+        groups.append({"params": full})
+    return cls(groups, lr=lr, betas=betas, weight_decay=weight_decay, **extra)
+
+
+REGISTRY: dict[str, OptimizerSpec] = {s.name: s for s in (
+    OptimizerSpec("adamw", _adamw, "torch.optim.AdamW (decoupled weight decay)", "adam", foreach=True, fused=True,
+                  state_rule="exp_avg + exp_avg_sq (param shape each) + 0-d step", sensible_lr=1e-2,
+                  transient_budget=(1.0, 3.0), extras=("eps", "amsgrad", "maximize")),
+    OptimizerSpec("adam", _adam, "torch.optim.Adam (L2 weight decay)", "adam", foreach=True, fused=True,
+                  state_rule="exp_avg + exp_avg_sq (param shape each) + 0-d step", sensible_lr=1e-2,
+                  transient_budget=(1.0, 3.0), extras=("eps", "amsgrad", "maximize")),
+    OptimizerSpec("sgd", _sgd, "torch.optim.SGD, momentum 0.9", "sgd", foreach=True, fused=True,
+                  state_rule="momentum_buffer (param shape)", sensible_lr=0.1, transient_budget=(0.0, 1.0),
+                  extras=("momentum", "nesterov", "dampening", "maximize")),
+    OptimizerSpec("slimadam", _slimadam, "SlimAdam: V averaged over per-layer dims K (paper rules by default)",
+                  "slim", foreach=True, fused=True, needs_names=True, uses_rules=True,
+                  state_rule="exp_avg (param shape) + exp_avg_sq (K dims of size 1) + 0-d step",
+                  transient_budget=(1.0, 3.0), extras=("eps", "maximize")),
+    OptimizerSpec("adalayer", _adalayer, "AdaLayer: one V per tensor (Zhao et al. 2024)", "slim", foreach=True,
+                  state_rule="exp_avg (param shape) + 0-d exp_avg_sq + 0-d step", transient_budget=(1.0, 3.0),
+                  extras=("eps",)),
+    OptimizerSpec("adalayer+ln+tl", _adalayer_ln_tl, "AdaLayer with full Adam for norms and the last layer",
+                  "slim", foreach=True, needs_names=True,
+                  state_rule="as adalayer; norms, biases and head keep a full exp_avg_sq",
+                  transient_budget=(1.0, 3.0), extras=("eps",)),
+    OptimizerSpec("adam-mini", _adam_mini, "Adam-mini: one V per head / neuron / token block (adam-mini pkg)",
+                  "slim", needs_names=True, package="adam-mini", module="adam_mini",
+                  state_rule="m (param shape) + vmean per block (+ full v for biases)", transient_budget=(0.0, 3.0),
+                  extras=("dim", "n_heads", "n_kv_heads", "map_names", "eps")),
+    OptimizerSpec("adafactor", _adafactor, "torch.optim.Adafactor (factored V, no first moment)", "factored",
+                  foreach=True, state_rule="row_var + col_var (>= 2-D) or variance (1-D) + step",
+                  transient_budget=(1.0, 4.0), extras=("beta2_decay", "eps", "d", "maximize")),
+    OptimizerSpec("adafactor-tf", _adafactor_tf, "torch-optimizer Adafactor (Shazeer & Stern; lr given, "
+                  "no relative step)", "factored", package="torch-optimizer", module="torch_optimizer",
+                  state_rule="exp_avg_sq_row + exp_avg_sq_col (>= 2-D) or exp_avg_sq (1-D) + RMS",
+                  transient_budget=(0.0, 6.0), extras=("beta1", "eps2", "clip_threshold", "decay_rate", "scale_parameter",
+                                                    "relative_step", "warmup_init")),
+    OptimizerSpec("sm3", _sm3, "SM3 (Anil et al. 2019): one accumulator per tensor dim, momentum 0.9",
+                  "factored", foreach=True, package="pytorch-optimizer", module="pytorch_optimizer",
+                  state_rule="momentum_buffer (param shape) + accumulator_i per dim", sensible_lr=0.1,
+                  transient_budget=(1.0, 4.0), extras=("momentum", "beta", "eps")),
+    OptimizerSpec("lion", _lion, "Lion (Chen et al. 2023), pytorch-optimizer", "sign", foreach=True,
+                  package="pytorch-optimizer", module="pytorch_optimizer", state_rule="exp_avg (param shape)",
+                  sensible_lr=1e-3, transient_budget=(1.0, 3.0), extras=("weight_decouple", "maximize")),
+    OptimizerSpec("came", _came, "CAME (Luo et al. 2023): factored V plus confidence, pytorch-optimizer",
+                  "factored", foreach=True, package="pytorch-optimizer", module="pytorch_optimizer",
+                  state_rule="exp_avg + exp_avg_sq_row/col + exp_avg_res_row/col (>= 2-D)", sensible_lr=1e-3,
+                  transient_budget=(2.5, 6.0), extras=("beta3", "clip_threshold", "eps1", "eps2", "ams_bound")),
+    OptimizerSpec("galore", _galore, "GaLore (Zhao et al. 2024): Adam on rank-128 projected gradients of "
+                  "2-D weights, pytorch-optimizer", "low-rank", foreach=True, needs_names=True,
+                  package="pytorch-optimizer", module="pytorch_optimizer",
+                  state_rule="projector (rank x n or m x rank) + Adam moments at projected shape",
+                  transient_budget=(1.0, 6.0), extras=("rank", "update_proj_gap", "scale", "projection_type", "eps")),
+)}
+
+_IMPL_FLAGS = ("foreach", "fused")
+
+
+def get_spec(name: str) -> OptimizerSpec:
+    """The spec called ``name``; a ValueError listing the known names otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                    weight_decay: float = 0.0, rules: RulesLike = None, **extra: Any) -> torch.optim.Optimizer:
+    """Build registry optimizer ``name`` for ``model``'s trainable parameters.
+
+    Args:
+        name: a key of :data:`REGISTRY`.
+        model: the module whose ``named_parameters()`` are optimized (names feed rules and partitions).
+        lr, betas, weight_decay: shared hyperparameters (an optimizer without first moment ignores betas).
+        rules: SlimAdam rules (None = the spec's default, "paper" for slimadam); an error for an optimizer
+            that takes no rules.
+        extra: implementation flags (``foreach``, ``fused``; refused where the spec lacks them) and
+            optimizer-specific keywords (``OptimizerSpec.extras``).
+
+    Raises:
+        OptimizerUnavailable: the optimizer's package is missing or broken.
+        ValueError: unknown name, unsupported flag, rules for an optimizer without rules, bad values.
+    """
+    spec = get_spec(name)
+    for flag in _IMPL_FLAGS:
+        if extra.get(flag) and not getattr(spec, flag):
+            raise ValueError(f"optimizer {name!r} does not support {flag}=True")
+        if flag in extra and not getattr(spec, flag):
+            extra.pop(flag)  # foreach=False / None on an optimizer without the flag: nothing to ask
+    if rules is not None and not spec.uses_rules:
+        raise ValueError(f"optimizer {name!r} takes no rules (only: "
+                         f"{', '.join(s.name for s in REGISTRY.values() if s.uses_rules)})")
+    unknown = sorted(k for k in extra if k not in spec.extras and k not in _IMPL_FLAGS)
+    if unknown:  # some third-party optimizers swallow unknown keywords silently; a typo must not
+        raise ValueError(f"optimizer {name!r}: unexpected keyword(s) {', '.join(unknown)}; "
+                         f"it takes: {', '.join(spec.extras) or 'no extra keywords'}")
+    if spec.uses_rules:
+        extra["rules"] = rules
+    try:
+        return spec.factory(model, lr, tuple(betas), weight_decay, **extra)
+    except OptimizerUnavailable:
+        raise
+    except TypeError as e:  # an unknown keyword for this optimizer
+        raise ValueError(f"optimizer {name!r}: {e}") from None
+    except (ImportError, AttributeError) as e:  # a third-party package broken at construction
+        if spec.package:
+            raise OptimizerUnavailable(name, f"{type(e).__name__}: {e}") from None
+        raise
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether an entry can be built here, and why not."""
+
+    name: str
+    ok: bool
+    package: str | None
+    version: str | None
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "ok": self.ok, "package": self.package, "version": self.version,
+                "reason": self.reason}
+
+
+def available(names: list[str] | None = None) -> list[Availability]:
+    """Status of each registry entry (imports its package; constructs nothing)."""
+    out = []
+    for name in names or list(REGISTRY):
+        spec = get_spec(name)
+        if spec.module is None:
+            out.append(Availability(name, True, None, None))
+            continue
+        version = _dist_version(spec.module)
+        try:
+            importlib.import_module(spec.module)
+            out.append(Availability(name, True, spec.package, version))
+        except Exception as e:  # missing or broken: reported, never raised
+            out.append(Availability(name, False, spec.package, version, f"{type(e).__name__}: {e}"))
+    return out

@@ -1,0 +1,185 @@
+"""The optimizer registry: every spec builds, steps and learns on a tiny model; flags are honest; a missing
+third-party package is reported, never a crash."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from torch import nn
+
+from slimbench import registry
+from slimbench.memory.presets import build_model
+from slimbench.registry import REGISTRY, OptimizerUnavailable, adam_mini_shape, available, build_optimizer
+
+SPECS = list(REGISTRY.values())
+IDS = [s.name for s in SPECS]
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, 256, (4, 17), generator=g)
+    return idx[:, :-1], idx[:, 1:]
+
+
+def _train(spec, steps: int = 8, **kw) -> list[float]:
+    torch.manual_seed(0)
+    model = build_model("gpt2-tiny", "cpu")
+    opt = build_optimizer(spec.name, model, lr=spec.sensible_lr, **kw)
+    x, y = _batch()
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = model(x, y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_builds_steps_and_loss_goes_down(spec):
+    losses = _train(spec)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0], f"{spec.name}: {losses}"
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.foreach], ids=[s.name for s in SPECS if s.foreach])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_foreach_flag_is_accepted(spec, foreach):
+    losses = _train(spec, steps=2, foreach=foreach)
+    assert all(torch.isfinite(torch.tensor(losses)))
+
+
+# SlimAdam's fused path is torch.compile (a one-off compile of seconds or more); its own tests cover it.
+_FUSED = [s for s in SPECS if s.fused and s.name != "slimadam"]
+
+
+@pytest.mark.parametrize("spec", _FUSED, ids=[s.name for s in _FUSED])
+def test_fused_flag_is_accepted(spec):
+    losses = _train(spec, steps=2, fused=True)
+    assert all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.closure], ids=[s.name for s in SPECS if s.closure])
+def test_closure(spec):
+    model = build_model("gpt2-tiny", "cpu")
+    opt = build_optimizer(spec.name, model, lr=spec.sensible_lr)
+    x, y = _batch()
+
+    def closure():
+        opt.zero_grad()
+        loss = model(x, y)
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert loss is not None and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_specs_never_set_implementation_flags(spec):
+    opt = build_optimizer(spec.name, build_model("gpt2-tiny", "meta"))
+    for flag in ("foreach", "fused"):
+        assert opt.defaults.get(flag) in (None, False), f"{spec.name} sets {flag}"
+
+
+def test_refuses_flags_and_rules_it_does_not_support():
+    model = build_model("gpt2-tiny", "meta")
+    with pytest.raises(ValueError, match="'adam-mini' does not support foreach=True"):
+        build_optimizer("adam-mini", model, foreach=True)
+    with pytest.raises(ValueError, match="'adalayer' does not support fused=True"):
+        build_optimizer("adalayer", model, fused=True)
+    with pytest.raises(ValueError, match="'adamw' takes no rules"):
+        build_optimizer("adamw", model, rules="paper")
+    with pytest.raises(ValueError, match="unknown optimizer 'adamx'; known: adamw"):
+        build_optimizer("adamx", model)
+    with pytest.raises(ValueError, match="'lion'.*unexpected keyword"):
+        build_optimizer("lion", model, nonsense=1)
+    build_optimizer("adam-mini", model, foreach=False)  # asking for the default is fine
+
+
+def test_slimadam_defaults_to_paper_rules_and_takes_given_rules():
+    model = build_model("gpt2-tiny", "meta")
+    opt = build_optimizer("slimadam", model)
+    a = opt.assignments["transformer.h.0.attn.q_proj.weight"]
+    assert a.rule == "paper:query" and a.label == "fan_in"
+    opt = build_optimizer("slimadam", model, rules={"transformer.h.0.attn.q_proj.weight": "fan_out"})
+    assert opt.assignments["transformer.h.0.attn.q_proj.weight"].label == "fan_out"
+    assert opt.assignments["transformer.h.0.attn.k_proj.weight"].dims == ()
+
+
+def test_adam_mini_shape_from_config_weights_and_overrides():
+    assert adam_mini_shape(build_model("gpt2-small", "meta"))[:3] == (768, 12, None)
+    assert adam_mini_shape(build_model("llama-3.2-1b", "meta"))[:3] == (2048, 32, 8)
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.n_head = 4
+            self.q_proj = nn.Linear(32, 32)
+
+    model = nn.Sequential(Attn())
+    dim, heads, _, source = adam_mini_shape(model)
+    assert (dim, heads, source) == (32, 4, "query weight shape")
+    assert adam_mini_shape(model, dim=64, n_heads=8)[:2] == (64, 8)
+
+
+def test_adam_mini_is_silent_and_partitions_by_head(capsys):
+    model = build_model("llama-tiny", "cpu")
+    opt = build_optimizer("adam-mini", model)
+    x, y = _batch()
+    model(x, y).backward()
+    opt.step()
+    assert capsys.readouterr().out == ""
+    state = opt.state[model.model.layers[0].self_attn.q_proj.weight]
+    assert state["vmean"].shape == (4, 1)  # n_heads=4 from the config: one V per head
+    state = opt.state[model.model.layers[0].self_attn.k_proj.weight]
+    assert state["vmean"].shape == (2, 1)  # grouped-query attention: n_kv_heads=2
+
+
+def test_galore_projects_2d_weights_to_rank():
+    model = build_model("gpt2-tiny", "cpu")
+    opt = build_optimizer("galore", model, rank=8)
+    ranked = [g for g in opt.param_groups if "rank" in g]
+    assert len(ranked) == 1 and ranked[0]["rank"] == 8
+    assert not any(p is model.transformer.wte.weight for p in ranked[0]["params"])  # embeddings keep full Adam
+    x, y = _batch()
+    model(x, y).backward()
+    opt.step()
+    st = opt.state[model.transformer.h[0].attn.q_proj.weight]
+    assert st["exp_avg"].shape == (64, 8)
+    assert opt.state[model.transformer.wte.weight]["exp_avg"].shape == (256, 64)
+
+
+def _hide(monkeypatch, module: str) -> None:
+    real = importlib.import_module
+
+    def fake(name, *a, **k):
+        if name == module:
+            raise ImportError(f"No module named {module!r}")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(registry.importlib, "import_module", fake)
+
+
+def test_missing_package_is_reported_not_a_crash(monkeypatch):
+    _hide(monkeypatch, "adam_mini")
+    with pytest.raises(OptimizerUnavailable, match="'adam-mini' unavailable: package 'adam_mini' not importable"):
+        build_optimizer("adam-mini", build_model("gpt2-tiny", "meta"))
+    status = {a.name: a for a in available()}
+    assert not status["adam-mini"].ok and "adam_mini" in status["adam-mini"].reason
+    assert status["adamw"].ok and status["lion"].ok
+
+
+def test_broken_package_is_reported(monkeypatch):
+    real = importlib.import_module
+
+    def broken(name, *a, **k):
+        if name == "pytorch_optimizer":
+            raise RuntimeError("CUDA kernels failed to load")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(registry.importlib, "import_module", broken)
+    with pytest.raises(OptimizerUnavailable, match="broken on import"):
+        build_optimizer("lion", build_model("gpt2-tiny", "meta"))
