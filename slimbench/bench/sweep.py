@@ -1,0 +1,281 @@
+"""Learning-rate sweeps: a grid of independent runs, resumable, on a local loop or a job system.
+
+    sweep = SweepConfig(task="gpt", optimizers=("adamw", "slimadam"), lrs=(1e-3, 3e-3), seeds=(0, 1),
+                        overrides={"steps": 500})
+    report = run_sweep(sweep.runs(), "results/runs/gpt-lr")
+
+A sweep is the list ``sweep.runs()`` (optimizer x lr x seed, in that order). Each run writes
+``<out>/<run_id>.json`` atomically when it ends, and :func:`run_sweep` skips every run whose file is
+already there, so rerunning the same sweep resumes it: a killed sweep loses at most the runs in flight.
+A result file made with a different task version is an error, not a silent skip.
+
+Executors (the local loop is the default):
+
+* ``"local"``: one run after another in this process.
+* ``"submitit"``: one job per pending run through ``submitit.AutoExecutor`` (Slurm, or local processes
+  where there is no Slurm), if submitit is installed; ``executor_options`` go to ``update_parameters``
+  (``timeout_min``, ``slurm_partition``, ``cpus_per_task``, ...). Each job writes its own file, so the
+  same resume rule holds.
+* any other job system: :func:`commands` gives one shell command per pending run
+  (``python -m slimbench run ... --out DIR`` for exactly that run), to hand to a scheduler (e.g. a Slurm
+  array, ``xargs -P``, GNU parallel). Running them all, in any order or place sharing ``DIR``, gives the
+  same files as the local loop.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimbench.bench import runner
+from slimbench.bench.results import (DEFAULT_DIVERGENCE_FACTOR, RunConfig, RunResult, load_result, result_path,
+                                     save_result)
+from slimbench.registry import OptimizerUnavailable
+from slimbench.registry import get_spec as optimizer_spec
+from slimbench.tasks import build_task, get_spec
+
+EXECUTORS = ("local", "submitit")
+# on_event(kind, config, payload): kind "start" (payload None), "step" (payload (step, loss)),
+# "end" (payload RunOutcome).
+EventCallback = Callable[[str, RunConfig, Any], None]
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid: task (at a preset, with overrides) x optimizers x lrs x seeds, with one rule set."""
+
+    task: str
+    optimizers: tuple[str, ...]
+    lrs: tuple[float, ...]
+    seeds: tuple[int, ...] = (0,)
+    preset: str = "tiny"
+    rules: str | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    divergence_factor: float = DEFAULT_DIVERGENCE_FACTOR
+
+    def __post_init__(self):
+        for name in ("optimizers", "lrs", "seeds"):
+            values = tuple(getattr(self, name))
+            if not values:
+                raise ValueError(f"{name} is empty")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} repeats a value: {', '.join(map(str, values))}")
+            object.__setattr__(self, name, values)
+        get_spec(self.task, self.preset, **self.overrides)  # unknown task / preset / setting: fail now
+        takes = [_takes_rules(o) for o in self.optimizers]  # unknown optimizer: fail now
+        if self.rules is not None and not any(takes):
+            raise ValueError(f"rules {self.rules!r} given, but none of {', '.join(self.optimizers)} takes rules")
+
+    def runs(self) -> list[RunConfig]:
+        """Every run of the grid, validated (a negative lr raises ValueError here, before anything runs).
+
+        ``rules`` go to the optimizers that take rules (SlimAdam); the others run without, so one sweep
+        compares SlimAdam under a rule set with its baselines.
+        """
+        return [RunConfig(task=self.task, optimizer=o, lr=lr, seed=s, preset=self.preset,
+                          rules=self.rules if _takes_rules(o) else None, overrides=self.overrides,
+                          divergence_factor=self.divergence_factor)
+                for o in self.optimizers for lr in self.lrs for s in self.seeds]
+
+
+def _takes_rules(optimizer: str) -> bool:
+    """Whether registry optimizer ``optimizer`` accepts rules; ValueError naming the known ones if unknown."""
+    return optimizer_spec(optimizer).uses_rules
+
+
+@dataclass
+class RunOutcome:
+    """What became of one run in a sweep."""
+
+    config: RunConfig
+    status: str  # "finished" | "diverged" | "done" (found on disk) | "unavailable" | "error"
+    path: str | None = None
+    message: str = ""
+    result: RunResult | None = None
+
+    def to_dict(self) -> dict:
+        return {"run_id": self.config.run_id, "config": self.config.to_dict(), "status": self.status,
+                "path": self.path, "message": self.message,
+                "summary": self.result.summary if self.result else None}
+
+
+def split_done(runs: Sequence[RunConfig], out: str | Path) -> tuple[list[RunOutcome], list[RunConfig]]:
+    """Runs whose result file exists in ``out`` (as outcomes "done", results loaded) and the pending rest.
+
+    A result file that does not match its run (another task version, another config under the same
+    name) raises ValueError: rerunning into that folder would mix incomparable numbers.
+    """
+    done, pending = [], []
+    versions: dict[tuple[str, str], int] = {}
+    for cfg in runs:
+        path = result_path(out, cfg)
+        if not path.exists():
+            pending.append(cfg)
+            continue
+        result = load_result(path)
+        if result.config != cfg:
+            raise ValueError(f"{path} holds a different run ({result.config.to_dict()}); use another --out")
+        key = (cfg.task, cfg.preset)
+        if key not in versions:
+            versions[key] = get_spec(cfg.task, cfg.preset).version
+        if result.task.get("version") != versions[key]:
+            raise ValueError(f"{path} was made by {cfg.task} version {result.task.get('version')}, this slimbench "
+                             f"has version {versions[key]}; use another --out")
+        done.append(RunOutcome(cfg, "done", str(path), result=result))
+    return done, pending
+
+
+def run_and_save(config: RunConfig, out: str | Path, *, optimizer_factory=None, on_step=None) -> RunOutcome:
+    """Run ``config`` and write its result file; a missing third-party optimizer gives outcome
+    "unavailable" (no file, so a later rerun tries again). Other exceptions propagate."""
+    try:
+        result = runner.run(config, optimizer_factory=optimizer_factory, on_step=on_step)
+    except OptimizerUnavailable as e:
+        return RunOutcome(config, "unavailable", message=str(e))
+    path = save_result(result, out)
+    msg = "" if result.divergence is None else f"diverged at step {result.divergence['step']}: " \
+                                                f"{result.divergence['reason']}"
+    return RunOutcome(config, result.status, str(path), msg, result)
+
+
+def _submitit_job(config_dict: dict, out: str) -> dict:
+    """What a submitit job runs (module-level so it pickles): one run, its file written by the job."""
+    outcome = run_and_save(RunConfig.from_dict(config_dict), out)
+    return {"status": outcome.status, "path": outcome.path, "message": outcome.message}
+
+
+def run_sweep(runs: Sequence[RunConfig], out: str | Path, *, executor: str = "local",
+              executor_options: Mapping[str, Any] | None = None, optimizer_factory=None,
+              on_event: EventCallback | None = None, keep_going: bool = True) -> list[RunOutcome]:
+    """Run every run of ``runs`` that has no result file in ``out`` yet; return one outcome per run.
+
+    Args:
+        runs: usually ``SweepConfig.runs()``.
+        out: result folder (created).
+        executor: "local" or "submitit" (see the module docstring).
+        executor_options: submitit ``update_parameters`` keywords.
+        optimizer_factory: stands in for the registry (local executor only).
+        on_event: progress callback (see :data:`EventCallback`).
+        keep_going: a run that raises records outcome "error" and the sweep goes on; False re-raises.
+            KeyboardInterrupt always stops the sweep (finished files are kept).
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    done, pending = split_done(runs, out)
+    outcomes = {o.config.run_id: o for o in done}
+    if executor == "submitit":
+        if optimizer_factory is not None:
+            raise ValueError("optimizer_factory works with the local executor only (jobs use the registry)")
+        new = _run_submitit(pending, out, executor_options or {}, on_event)
+    else:
+        new = _run_local(pending, out, optimizer_factory, on_event, keep_going)
+    outcomes.update((o.config.run_id, o) for o in new)
+    return [outcomes[cfg.run_id] for cfg in runs]
+
+
+def _run_local(pending, out, optimizer_factory, on_event, keep_going) -> list[RunOutcome]:
+    if pending:  # one task build up front: missing data fails once, clearly, not once per run
+        first = pending[0]
+        build_task(first.task, first.preset, first.seed, **first.overrides)
+    on_step = (lambda cfg, step, loss: on_event("step", cfg, (step, loss))) if on_event else None
+    outcomes = []
+    for cfg in pending:
+        if on_event:
+            on_event("start", cfg, None)
+        try:
+            outcome = run_and_save(cfg, out, optimizer_factory=optimizer_factory, on_step=on_step)
+        except Exception as e:  # noqa: BLE001 - one broken run must not end a long sweep; it is reported
+            if not keep_going:
+                raise
+            outcome = RunOutcome(cfg, "error", message=f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        outcomes.append(outcome)
+        if on_event:
+            on_event("end", cfg, outcome)
+    return outcomes
+
+
+def _run_submitit(pending, out, options, on_event) -> list[RunOutcome]:
+    try:
+        import submitit
+    except ImportError:
+        raise ValueError("executor 'submitit' needs the submitit package (`pip install submitit`); without it, "
+                         "use the local executor or `--print-commands` to feed your own scheduler") from None
+    ex = submitit.AutoExecutor(folder=str(Path(out) / ".submitit"))
+    if options:
+        ex.update_parameters(**options)
+    jobs = [(cfg, ex.submit(_submitit_job, cfg.to_dict(), str(out))) for cfg in pending]
+    outcomes = []
+    for cfg, job in jobs:
+        if on_event:
+            on_event("start", cfg, None)
+        try:
+            got = job.result()
+            outcome = RunOutcome(cfg, got["status"], got["path"], got["message"],
+                                 load_result(got["path"]) if got["path"] else None)
+        except Exception as e:  # noqa: BLE001 - a failed job is reported, the others are still collected
+            outcome = RunOutcome(cfg, "error", message=f"job {getattr(job, 'job_id', '?')}: {type(e).__name__}: {e}")
+        outcomes.append(outcome)
+        if on_event:
+            on_event("end", cfg, outcome)
+    return outcomes
+
+
+def commands(runs: Sequence[RunConfig], out: str | Path, *, python: str = "python") -> list[str]:
+    """One shell command per run (``python -m slimbench run`` for that run alone, same ``--out``)."""
+    lines = []
+    for cfg in runs:
+        args = [python, "-m", "slimbench", "run", "--task", cfg.task, "--preset", cfg.preset,
+                "--optimizers", cfg.optimizer, "--lrs", repr(cfg.lr), "--seeds", str(cfg.seed), "--out", str(out),
+                "--no-progress"]
+        if cfg.rules is not None:
+            args += ["--rules", str(cfg.rules)]
+        if cfg.divergence_factor != DEFAULT_DIVERGENCE_FACTOR:
+            args += ["--divergence-factor", repr(cfg.divergence_factor)]
+        for key, value in sorted(cfg.overrides.items()):
+            args += ["--set", f"{key}={value if isinstance(value, str) else _json(value)}"]
+        lines.append(" ".join(shlex.quote(a) for a in args))
+    return lines
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Summaries (data; the CLI renders them)
+
+
+def summary_rows(outcomes: Sequence[RunOutcome]) -> list[dict]:
+    """One row per run: optimizer, lr, seed, status, losses, state bytes, step time."""
+    rows = []
+    for o in outcomes:
+        s = o.result.summary if o.result else {}
+        rows.append({"optimizer": o.config.optimizer, "lr": o.config.lr, "seed": o.config.seed, "status": o.status,
+                     "steps": s.get("steps_done"), "initial_loss": s.get("initial_loss"),
+                     "final_train_loss": s.get("final_train_loss"), "final_val_loss": s.get("final_val_loss"),
+                     "state_bytes": s.get("state_bytes"), "median_step_time_s": s.get("median_step_time_s"),
+                     "wall_time_s": s.get("wall_time_s"), "message": o.message.splitlines()[0] if o.message else ""})
+    return rows
+
+
+def best_lrs(outcomes: Sequence[RunOutcome]) -> list[dict]:
+    """Per optimizer: the lr with the lowest mean final validation loss over seeds (a diverged seed
+    disqualifies its lr), that loss, and the lrs where some seed diverged."""
+    by_opt: dict[str, dict[float, list]] = defaultdict(lambda: defaultdict(list))
+    for o in outcomes:
+        if o.result is not None:
+            by_opt[o.config.optimizer][o.config.lr].append(o.result.summary["final_val_loss"])
+    rows = []
+    for opt, per_lr in by_opt.items():
+        ok = {lr: sum(v) / len(v) for lr, v in per_lr.items() if all(x is not None for x in v)}
+        best = min(ok, key=ok.get) if ok else None
+        rows.append({"optimizer": opt, "best_lr": best, "final_val_loss": ok.get(best),
+                     "seeds": len(per_lr[best]) if best is not None else 0,
+                     "diverged_lrs": sorted(lr for lr in per_lr if lr not in ok)})
+    return rows

@@ -1,0 +1,154 @@
+"""`python -m slimbench run`: a learning-rate sweep (or one run) of a standard task, resumable.
+
+Examples:
+    python -m slimbench run --task gpt --optimizers adamw,slimadam,adalayer,adam-mini \\
+        --lrs 3e-4,1e-3,3e-3,1e-2 --seeds 0,1 --steps 500 --out results/runs/gpt-tiny-lr
+    python -m slimbench run --task gpt --preset small --optimizers slimadam --rules paper --out results/runs/x
+    python -m slimbench run ... --print-commands | xargs -P 2 -I{} sh -c {}     # or one job per line
+    python -m slimbench run --list-tasks
+
+Rerunning the same command skips runs whose result file exists; Ctrl-C keeps every finished run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from tabulate import tabulate
+
+from slimbench.bench import sweep as _sweep
+from slimbench.tasks import TASKS, get_spec
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    return parse
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(raw)
+    except json.JSONDecodeError:
+        return key.strip(), raw
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("run", help="train a task with optimizers x lrs x seeds (a resumable sweep)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", help=f"one of: {', '.join(TASKS)}")
+    p.add_argument("--preset", default="tiny", help="task size preset: tiny (CI) or small (default: tiny)")
+    p.add_argument("--optimizers", type=_csv(str), default=("adamw",), metavar="A,B",
+                   help="registry names, comma-separated (default: adamw)")
+    p.add_argument("--lrs", type=_csv(float), metavar="LR,LR", help="peak learning rates (default: the task's)")
+    p.add_argument("--seeds", type=_csv(int), default=(0,), metavar="S,S", help="seeds (default: 0)")
+    p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    p.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="override a task or model setting, e.g. --set n_layer=4 --set init=torch (JSON values)")
+    p.add_argument("--rules", help="SlimAdam rules: 'paper' or a rules file (default: none)")
+    p.add_argument("--divergence-factor", type=float, default=_sweep.DEFAULT_DIVERGENCE_FACTOR,
+                   help="end a run when its loss exceeds this x its first loss (default: %(default)s)")
+    p.add_argument("--out", help="result folder, one JSON per run (default: results/runs/TASK-PRESET)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's); results depend on it")
+    p.add_argument("--executor", choices=_sweep.EXECUTORS, default="local",
+                   help="local loop (default) or submitit jobs (needs `pip install submitit`)")
+    p.add_argument("--executor-opt", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="submitit update_parameters, e.g. timeout_min=60 slurm_partition=cpu")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one shell command per pending run (for a cluster scheduler) and exit")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first run that raises")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--list-tasks", action="store_true", help="list tasks and presets and exit")
+    p.set_defaults(func=run)
+
+
+def _list_tasks() -> int:
+    rows = []
+    for name, tdef in TASKS.items():
+        for preset, spec in tdef.presets.items():
+            rows.append([name, preset, spec.dataset, spec.steps, spec.batch_size, spec.lr,
+                         ", ".join(f"{k}={v}" for k, v in spec.model.items()), tdef.description])
+    print(tabulate(rows, headers=["task", "preset", "dataset", "steps", "batch", "lr", "model", "description"]))
+    return 0
+
+
+def _fmt(x, spec=".4f"):
+    return "-" if x is None else format(x, spec)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_tasks:
+        return _list_tasks()
+    if not args.task:
+        raise ValueError("--task is required (see --list-tasks)")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    overrides = dict(args.set)
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    lrs = args.lrs or (get_spec(args.task, args.preset, **overrides).lr,)
+    config = _sweep.SweepConfig(task=args.task, optimizers=args.optimizers, lrs=lrs, seeds=args.seeds,
+                                preset=args.preset, rules=args.rules, overrides=overrides,
+                                divergence_factor=args.divergence_factor)
+    out = args.out or f"results/runs/{args.task}-{args.preset}"
+    runs = config.runs()
+    done, pending = _sweep.split_done(runs, out)
+    if args.print_commands:
+        for line in _sweep.commands(pending, out):
+            print(line)
+        return 0
+
+    print(f"{len(runs)} runs -> {out}: {len(done)} already done, {len(pending)} to run", file=sys.stderr)
+    steps = get_spec(args.task, args.preset, **overrides).steps
+    bar = None
+    if pending and not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps * len(pending), unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def on_event(kind, cfg, payload):
+        if bar is None:
+            return
+        if kind == "start":
+            bar.set_description(f"{cfg.optimizer} lr={cfg.lr:g} seed={cfg.seed}")
+        elif kind == "step":
+            bar.update(1)
+        elif kind == "end":  # a diverged / failed run ends early: count its remaining steps as done
+            ran = payload.result.summary["steps_done"] + (payload.status == "diverged") if payload.result else 0
+            bar.update(max(0, steps - ran))
+
+    try:
+        outcomes = _sweep.run_sweep(runs, out, executor=args.executor, executor_options=dict(args.executor_opt),
+                                    on_event=on_event, keep_going=not args.fail_fast)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    rows = _sweep.summary_rows(outcomes)
+    print(tabulate([[r["optimizer"], f"{r['lr']:g}", r["seed"], r["status"], _fmt(r["steps"], "d"),
+                     _fmt(r["initial_loss"]), _fmt(r["final_train_loss"]), _fmt(r["final_val_loss"]),
+                     _fmt(None if r["state_bytes"] is None else r["state_bytes"] / 2**20, ".3f"),
+                     _fmt(None if r["median_step_time_s"] is None else 1e3 * r["median_step_time_s"], ".1f"),
+                     _fmt(r["wall_time_s"], ".1f"), r["message"][:60]] for r in rows],
+                   headers=["optimizer", "lr", "seed", "status", "steps", "loss@0", "train", "val", "state MiB",
+                            "ms/step", "wall s", "note"]))
+    best = _sweep.best_lrs(outcomes)
+    if best:
+        print()
+        print(tabulate([[b["optimizer"], _fmt(b["best_lr"], "g"), _fmt(b["final_val_loss"]), b["seeds"],
+                         ", ".join(f"{x:g}" for x in b["diverged_lrs"]) or "-"] for b in best],
+                       headers=["optimizer", "best lr", "val (mean over seeds)", "seeds", "diverged at lr"]))
+    errors = [o for o in outcomes if o.status == "error"]
+    for o in errors:
+        print(f"\nerror in {o.config.run_id}:\n{o.message}", file=sys.stderr)
+    return 1 if errors else 0

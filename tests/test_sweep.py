@@ -1,0 +1,212 @@
+"""Sweeps: the grid, resume after an interruption, errors that do not stop a sweep, executors, the CLI."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import types
+
+import pytest
+import torch
+
+from slimbench.bench import sweep as sw
+from slimbench.bench.results import load_results, result_path
+from slimbench.cli import build_parser, main
+
+FAST = {"steps": 20, "eval_every": 10}
+
+
+class CountingAdamW:
+    """An optimizer factory that counts the runs it builds, and can fail or stop on request."""
+
+    def __init__(self, fail: str | None = None):
+        self.calls, self.fail = [], fail
+
+    def __call__(self, name, model, lr, betas=(0.9, 0.999), weight_decay=0.0, rules=None):
+        self.calls.append((name, lr))
+        if name == self.fail:
+            raise RuntimeError("broken optimizer")
+        return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def _sweep(**kw) -> sw.SweepConfig:
+    return sw.SweepConfig(**{"task": "digits", "optimizers": ("adamw", "adam"), "lrs": (1e-3, 1e-2),
+                             "overrides": FAST, **kw})
+
+
+def test_grid_order_and_validation():
+    runs = _sweep(seeds=(0, 1)).runs()
+    assert [(r.optimizer, r.lr, r.seed) for r in runs][:3] == [("adamw", 1e-3, 0), ("adamw", 1e-3, 1), ("adamw", 1e-2, 0)]
+    assert len(runs) == 8 and len({r.run_id for r in runs}) == 8
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+        _sweep(lrs=(1e-3, -1.0)).runs()
+    with pytest.raises(ValueError, match="lrs repeats a value"):
+        _sweep(lrs=(1e-3, 1e-3))
+    with pytest.raises(ValueError, match="optimizers is empty"):
+        _sweep(optimizers=())
+    with pytest.raises(ValueError, match="unknown task"):
+        _sweep(task="imagenet")
+    with pytest.raises(ValueError, match="has no setting"):
+        _sweep(overrides={"depth": 3})
+    with pytest.raises(ValueError, match="unknown optimizer 'adamx'"):
+        _sweep(optimizers=("adamw", "adamx"))
+    with pytest.raises(ValueError, match="none of adamw, adam takes rules"):
+        _sweep(rules="paper")
+    mixed = _sweep(optimizers=("adamw", "slimadam"), rules="paper").runs()
+    assert [r.rules for r in mixed] == [None, None, "paper", "paper"]
+
+
+def test_rerun_skips_finished_runs(tmp_path):
+    runs = _sweep().runs()
+    factory = CountingAdamW()
+    outcomes = sw.run_sweep(runs, tmp_path, optimizer_factory=factory)
+    assert [o.status for o in outcomes] == ["finished"] * 4 and len(factory.calls) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{r.run_id}.json" for r in runs)
+    again = CountingAdamW()
+    outcomes = sw.run_sweep(runs, tmp_path, optimizer_factory=again)
+    assert [o.status for o in outcomes] == ["done"] * 4 and again.calls == []
+    assert outcomes[0].result.summary["steps_done"] == 20
+    assert len(load_results(tmp_path)) == 4
+
+
+def test_interrupted_sweep_loses_only_the_run_in_flight_and_resumes(tmp_path):
+    runs = _sweep().runs()
+
+    def interrupt_third_run(kind, cfg, payload):
+        if kind == "step" and cfg == runs[2] and payload[0] == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sw.run_sweep(runs, tmp_path, optimizer_factory=CountingAdamW(), on_event=interrupt_third_run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{r.run_id}.json" for r in runs[:2])
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    factory = CountingAdamW()
+    outcomes = sw.run_sweep(runs, tmp_path, optimizer_factory=factory)
+    assert [o.status for o in outcomes] == ["done", "done", "finished", "finished"]
+    assert factory.calls == [(r.optimizer, r.lr) for r in runs[2:]]
+    assert all((tmp_path / name).read_bytes() == blob for name, blob in kept.items())
+    # the resumed runs equal an uninterrupted sweep, number for number
+    fresh = sw.run_sweep(runs, tmp_path / "fresh", optimizer_factory=CountingAdamW())
+    assert [o.result.train_loss for o in fresh] == [o.result.train_loss for o in outcomes]
+
+
+def test_a_failing_run_is_reported_and_the_sweep_goes_on(tmp_path):
+    runs = _sweep().runs()
+    outcomes = sw.run_sweep(runs, tmp_path, optimizer_factory=CountingAdamW(fail="adam"))
+    assert [o.status for o in outcomes] == ["finished", "finished", "error", "error"]
+    assert "RuntimeError: broken optimizer" in outcomes[2].message
+    assert not result_path(tmp_path, runs[2]).exists()
+    with pytest.raises(RuntimeError, match="broken optimizer"):
+        sw.run_sweep(runs, tmp_path, optimizer_factory=CountingAdamW(fail="adam"), keep_going=False)
+
+
+def test_an_unavailable_optimizer_is_skipped_without_a_file(tmp_path):
+    from slimbench.registry import OptimizerUnavailable
+
+    def factory(name, model, lr, **kw):
+        if name == "adam":
+            raise OptimizerUnavailable(name, "package 'x' not importable")
+        return CountingAdamW()(name, model, lr, **kw)
+
+    outcomes = sw.run_sweep(_sweep(lrs=(1e-2,)).runs(), tmp_path, optimizer_factory=factory)
+    assert [o.status for o in outcomes] == ["finished", "unavailable"]
+    assert "not importable" in outcomes[1].message and outcomes[1].path is None
+    assert len(list(tmp_path.glob("*.json"))) == 1
+
+
+def test_diverged_runs_are_final_and_summarised(tmp_path):
+    runs = _sweep(optimizers=("adamw",), lrs=(1e-2, 50.0), seeds=(0, 1)).runs()
+    outcomes = sw.run_sweep(runs, tmp_path, optimizer_factory=CountingAdamW())
+    assert [o.status for o in outcomes] == ["finished", "finished", "diverged", "diverged"]
+    assert outcomes[2].message.startswith("diverged at step")
+    rows = sw.summary_rows(outcomes)
+    assert rows[2]["status"] == "diverged" and rows[2]["final_val_loss"] is None
+    best = sw.best_lrs(outcomes)
+    assert best == [{"optimizer": "adamw", "best_lr": 1e-2, "seeds": 2, "diverged_lrs": [50.0],
+                     "final_val_loss": pytest.approx(sum(o.result.summary["final_val_loss"] for o in outcomes[:2]) / 2)}]
+    assert [o.status for o in sw.run_sweep(runs, tmp_path, optimizer_factory=CountingAdamW())] == ["done"] * 4
+
+
+def test_a_result_from_another_config_or_version_is_an_error(tmp_path):
+    runs = _sweep(optimizers=("adamw",), lrs=(1e-2,)).runs()
+    sw.run_sweep(runs, tmp_path, optimizer_factory=CountingAdamW())
+    path = result_path(tmp_path, runs[0])
+    d = json.loads(path.read_text())
+    d["task"]["version"] = 0
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="made by digits version 0"):
+        sw.run_sweep(runs, tmp_path, optimizer_factory=CountingAdamW())
+    d["config"]["seed"] = 5
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="holds a different run"):
+        sw.split_done(runs, tmp_path)
+
+
+def test_printed_commands_reproduce_each_run(tmp_path):
+    runs = _sweep(optimizers=("adamw", "slimadam"), rules="paper", overrides={**FAST, "hidden": 32, "betas": [0.9, 0.95]},
+                  divergence_factor=5.0).runs()
+    lines = sw.commands(runs, tmp_path / "out dir")
+    assert len(lines) == 4
+    for cfg, line in zip(runs, lines):
+        args = build_parser().parse_args(shlex.split(line)[3:])
+        again = sw.SweepConfig(task=args.task, optimizers=args.optimizers, lrs=args.lrs, seeds=args.seeds,
+                               preset=args.preset, rules=args.rules, overrides=dict(args.set),
+                               divergence_factor=args.divergence_factor).runs()
+        assert again == [cfg] and args.out == str(tmp_path / "out dir")
+
+
+def test_cli_print_commands_and_errors(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["run", "--task", "digits", "--optimizers", "adamw,sgd", "--lrs", "1e-3,1e-2", "--steps", "20",
+                 "--out", str(out), "--print-commands"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith("python -m slimbench run --task digits") for line in lines)
+    assert main(["run", "--task", "digits", "--lrs=-1e-3", "--out", str(out)]) == 2
+    assert "error: lr must be a finite number >= 0" in capsys.readouterr().err
+    assert main(["run", "--task", "nope", "--out", str(out)]) == 2
+    assert "error: unknown task 'nope'" in capsys.readouterr().err
+    assert main(["run", "--list-tasks"]) == 0
+    assert "finetune" in capsys.readouterr().out
+
+
+def test_submitit_executor_missing_and_present(tmp_path, monkeypatch):
+    runs = _sweep(optimizers=("adamw",), lrs=(1e-2,)).runs()
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import fails as if not installed
+    with pytest.raises(ValueError, match="pip install submitit"):
+        sw.run_sweep(runs, tmp_path, executor="submitit")
+    with pytest.raises(ValueError, match="unknown executor 'ray'"):
+        sw.run_sweep(runs, tmp_path, executor="ray")
+
+    class Job:
+        def __init__(self, fn, *args):
+            self.job_id, self.value = "1", fn(*args)
+
+        def result(self):
+            return self.value
+
+    class AutoExecutor:
+        def __init__(self, folder):
+            self.folder, self.params = folder, {}
+
+        def update_parameters(self, **kw):
+            self.params.update(kw)
+
+        def submit(self, fn, *args):
+            return Job(fn, *args)
+
+    monkeypatch.setitem(sys.modules, "submitit", types.SimpleNamespace(AutoExecutor=AutoExecutor))
+    # jobs build optimizers through the registry: stand in for it with torch's AdamW
+    monkeypatch.setattr(sw.runner, "build_optimizer", CountingAdamW())
+    outcomes = sw.run_sweep(runs, tmp_path, executor="submitit", executor_options={"timeout_min": 5})
+    assert [o.status for o in outcomes] == ["finished"] and result_path(tmp_path, runs[0]).exists()
+
+
+@pytest.mark.realdata
+def test_cli_sweep_with_the_real_registry(tmp_path, capsys):
+    args = ["run", "--task", "gpt", "--optimizers", "adamw,slimadam", "--lrs", "1e-3,3e-3", "--steps", "40",
+            "--set", "n_layer=1", "--set", "eval_batches=2", "--rules", "paper", "--out", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    assert "best lr" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("*.json"))) == 4
+    assert main(args) == 0
+    assert "4 already done" in capsys.readouterr().err
