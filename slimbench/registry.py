@@ -65,6 +65,7 @@ class OptimizerSpec:
     closure: bool = True
     needs_names: bool = False
     uses_rules: bool = False
+    default_rules: str | None = None  # what rules=None means for this optimizer (recorded in run results)
     package: str | None = None  # distribution name, e.g. "adam-mini"
     module: str | None = None  # import name checked by available(), e.g. "adam_mini"
     state_rule: str = ""
@@ -142,7 +143,7 @@ def _sgd(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: 
 def _slimadam(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, *,
               rules: RulesLike = "paper", **extra: Any):
     return SlimAdam(_trainable(model), lr=lr, betas=betas, weight_decay=weight_decay,
-                    rules="paper" if rules is None else rules, **extra)
+                    rules=REGISTRY["slimadam"].default_rules if rules is None else rules, **extra)
 
 
 def _adalayer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, **extra: Any):
@@ -296,7 +297,7 @@ REGISTRY: dict[str, OptimizerSpec] = {s.name: s for s in (
                   state_rule="momentum_buffer (param shape)", sensible_lr=0.1, transient_budget=(0.0, 1.0),
                   extras=("momentum", "nesterov", "dampening", "maximize")),
     OptimizerSpec("slimadam", _slimadam, "SlimAdam: V averaged over per-layer dims K (paper rules by default)",
-                  "slim", foreach=True, fused=True, needs_names=True, uses_rules=True,
+                  "slim", foreach=True, fused=True, needs_names=True, uses_rules=True, default_rules="paper",
                   state_rule="exp_avg (param shape) + exp_avg_sq (K dims of size 1) + 0-d step",
                   transient_budget=(1.0, 3.0), extras=("eps", "maximize")),
     OptimizerSpec("adalayer", _adalayer, "AdaLayer: one V per tensor (Zhao et al. 2024)", "slim", foreach=True,

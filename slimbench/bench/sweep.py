@@ -78,9 +78,18 @@ class SweepConfig:
         compares SlimAdam under a rule set with its baselines.
         """
         return [RunConfig(task=self.task, optimizer=o, lr=lr, seed=s, preset=self.preset,
-                          rules=self.rules if _takes_rules(o) else None, overrides=self.overrides,
+                          rules=_rules_for(o, self.rules), overrides=self.overrides,
                           divergence_factor=self.divergence_factor)
                 for o in self.optimizers for lr in self.lrs for s in self.seeds]
+
+
+def _rules_for(optimizer: str, rules: str | None) -> str | None:
+    """The rules a run of ``optimizer`` actually uses: the sweep's, else the spec's default ("paper" for
+    SlimAdam), so the result file names the rules that were in force."""
+    spec = optimizer_spec(optimizer)
+    if not spec.uses_rules:
+        return None
+    return rules if rules is not None else spec.default_rules
 
 
 def _takes_rules(optimizer: str) -> bool:
