@@ -146,13 +146,19 @@ def parse_dims(spec: object, shape: Sequence[int], layer: str = "other") -> tupl
             dims = tuple(int(d) for d in spec)  # type: ignore[union-attr]
         except TypeError:
             raise ValueError(f"dims must be an alias string or a list of ints, got {spec!r}") from None
+    return normalize_dims(dims, shape)
+
+
+def normalize_dims(dims: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
+    """Sorted non-negative dims; ValueError for a dim the tensor lacks or a repeated dim."""
+    ndim = len(shape)
     out = []
     for d in dims:
         if not -ndim <= d < ndim:
             raise ValueError(f"dim {d} does not exist for a tensor of shape {tuple(shape)} ({ndim} dims)")
         out.append(d % ndim)
     if len(set(out)) != len(out):
-        raise ValueError(f"dims {spec!r} repeat a dim")
+        raise ValueError(f"dims {tuple(dims)} repeat a dim")
     return tuple(sorted(out))
 
 

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from slimbench.layers import normalize_dims
+
 
 def dims_key(dims: Sequence[int]) -> str:
     """The JSON key of a candidate K: (0,) -> "0", (0, 1) -> "0,1" (as in rules files)."""
@@ -52,18 +54,11 @@ def candidates(shape: Sequence[int]) -> list[tuple[int, ...]]:
     return out
 
 
-def _normalize_dims(dims: int | Iterable[int], ndim: int) -> tuple[int, ...]:
+def _normalize_dims(dims: int | Iterable[int], shape: Sequence[int]) -> tuple[int, ...]:
     ks = (dims,) if isinstance(dims, int) else tuple(int(d) for d in dims)
     if not ks:
         raise ValueError("dims must name at least one dim (K = () has no variance to measure)")
-    out = []
-    for d in ks:
-        if not -ndim <= d < ndim:
-            raise ValueError(f"dim {d} does not exist for a tensor with {ndim} dims")
-        out.append(d % ndim)
-    if len(set(out)) != len(out):
-        raise ValueError(f"dims {tuple(ks)} repeat a dim")
-    return tuple(sorted(out))
+    return normalize_dims(ks, shape)
 
 
 def _snr_parts(v: Tensor, dims: tuple[int, ...]) -> Tensor:
@@ -95,7 +90,7 @@ def snr(v: Tensor | Sequence, dims: int | Iterable[int], *, dtype: torch.dtype =
     6.0
     """
     t = torch.as_tensor(v).detach()
-    k = _normalize_dims(dims, t.dim())
+    k = _normalize_dims(dims, t.shape)
     total, count = _snr_parts(t.to(dtype), k).tolist()
     return _finish(total, count)
 
@@ -119,7 +114,7 @@ def snr_many(tensors: Sequence[Tensor], cands: Sequence[Sequence[Sequence[int]]]
         x = t.detach().to(dtype)
         row = []
         for k in ks:
-            k = _normalize_dims(k, x.dim())
+            k = _normalize_dims(k, x.shape)
             parts.append(_snr_parts(x, k))
             row.append(dims_key(k))
         keys.append(row)

