@@ -294,7 +294,7 @@ REGISTRY: dict[str, OptimizerSpec] = {s.name: s for s in (
                   state_rule="exp_avg + exp_avg_sq (param shape each) + 0-d step", sensible_lr=1e-2,
                   transient_budget=(1.0, 3.0), extras=("eps", "amsgrad", "maximize")),
     OptimizerSpec("sgd", _sgd, "torch.optim.SGD, momentum 0.9", "sgd", foreach=True, fused=True,
-                  state_rule="momentum_buffer (param shape)", sensible_lr=0.1, transient_budget=(0.0, 1.0),
+                  state_rule="momentum_buffer (param shape)", sensible_lr=0.1, transient_budget=(1.0, 1.0),
                   extras=("momentum", "nesterov", "dampening", "maximize")),
     OptimizerSpec("slimadam", _slimadam, "SlimAdam: V averaged over per-layer dims K (paper rules by default)",
                   "slim", foreach=True, fused=True, needs_names=True, uses_rules=True, default_rules="paper",

@@ -1,0 +1,33 @@
+"""Reports and the regression gate over result files (sweeps, SNR / rules, benchmarks, profiles, audits).
+
+    from slimbench.report import load, write_report, compare
+    c = load(["results/runs/gpt-tiny-lr", "results/bench.json", "results/snr"])
+    write_report(c, "results/report")                      # report.md + PNGs + report.json
+    cmp = compare(load(["results/baseline"]), load(["/tmp/new"]), ["state_bytes:exact", "final_loss:5%"])
+    cmp.failed, cmp.moved()
+
+* :mod:`~slimbench.report.load`: read paths and folders, recognising each file by its ``format``.
+* :mod:`~slimbench.report.tables`: rows per section (memory, loss vs lr, loss vs step, SNR, step time,
+  environment), each with the files it came from.
+* :mod:`~slimbench.report.plots`: U-curves, loss curves, memory bars (matplotlib, Agg).
+* :mod:`~slimbench.report.markdown`: ``report.md`` with numbered sources.
+* :mod:`~slimbench.report.compare`: checks parsed from ``metric:threshold`` and the comparison.
+"""
+from slimbench.report.compare import (DEFAULT_CHECKS, Check, Comparison, Delta, DifferenceCheck, ExactCheck,
+                                      PercentageCheck, compare, entries, parse_check)
+from slimbench.report.load import Collection, Item, load
+from slimbench.report.tables import Options, Section, Table, build_sections
+
+
+def __getattr__(name: str):
+    # markdown / plots import matplotlib (~0.5 s): loaded on first use, so `compare` stays light
+    if name in ("write_report", "WrittenReport"):
+        from slimbench.report import markdown
+
+        return getattr(markdown, name)
+    raise AttributeError(f"module 'slimbench.report' has no attribute {name!r}")
+
+
+__all__ = ["load", "Collection", "Item", "write_report", "WrittenReport", "build_sections", "Options", "Section",
+           "Table", "compare", "Comparison", "Delta", "Check", "ExactCheck", "PercentageCheck", "DifferenceCheck",
+           "parse_check", "entries", "DEFAULT_CHECKS"]

@@ -1,0 +1,118 @@
+"""Write the report: ``report.md`` with every section's tables, the PNG plots beside it, numbered sources.
+
+Each table row ends with a ``src`` cell, e.g. ``[3]`` or ``[4-9]``, pointing into the numbered list of
+files at the end of the report, so every number traces to the file it was read from (and that file's
+own provenance says which command, commit and machine produced it).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tabulate import tabulate
+
+from slimbench.io import write_json_atomic
+from slimbench.report import plots as _plots
+from slimbench.report.load import Collection
+from slimbench.report.tables import Options, Section, Table, build_sections, lr_rows, memory_rows
+
+
+@dataclass
+class WrittenReport:
+    """What :func:`write_report` produced."""
+
+    path: str
+    images: list[str]
+    sections: list[Section]
+    sources: list[str]
+    index_path: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class SourceIndex:
+    """Numbers the collection's files (1-based, load order) and renders a row's sources as ``[1, 3-5]``."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(paths)
+        self._num = {p: i + 1 for i, p in enumerate(self.paths)}
+
+    def ref(self, sources: Sequence[str]) -> str:
+        nums = sorted({self._num[p] for p in sources if p in self._num})
+        if not nums:
+            return ""
+        parts, start, prev = [], nums[0], nums[0]
+        for n in nums[1:] + [None]:
+            if n is not None and n == prev + 1:
+                prev = n
+                continue
+            parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+            if n is not None:
+                start = prev = n
+        return "[" + ", ".join(parts) + "]"
+
+
+def render_table(table: Table, index: SourceIndex | None, fmt: str = "github") -> str:
+    headers, rows = table.cells(index.ref if index else None)
+    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+
+
+def render(sections: Sequence[Section], index: SourceIndex, images: dict[str, list[tuple[str, str]]],
+           out_dir: Path, header: str, skipped: Sequence[tuple[str, str]]) -> str:
+    """The Markdown text of a report (pure: no files touched)."""
+    lines = ["# slimbench report", "", header, ""]
+    for sec in sections:
+        lines += [f"## {sec.title}", ""]
+        if sec.text:
+            lines += [sec.text, ""]
+        for table in sec.tables:
+            lines += [f"### {table.title}", "", render_table(table, index), ""]
+            if table.note:
+                lines += [f"*{table.note}*", ""]
+        for title, path in images.get(sec.key, []):
+            rel = Path(path).resolve().relative_to(out_dir.resolve()) if Path(path).resolve().is_relative_to(
+                out_dir.resolve()) else Path(path)
+            lines += [f"![{title}]({rel.as_posix()})", ""]
+    lines += ["## Sources", ""]
+    lines += [f"{i + 1}. `{p}`" for i, p in enumerate(index.paths)] or ["(none)"]
+    if skipped:
+        lines += ["", "Files found but not read:", ""]
+        lines += [f"- `{p}`: {why}" for p, why in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(c: Collection, out: str | Path, opts: Options | None = None, *, plots: bool = True,
+                 command: str | None = None) -> WrittenReport:
+    """Build every section from ``c``, draw the plots into ``out`` and write ``out/report.md``.
+
+    Also writes ``out/report.json``: the sections' rows as data (for scripts), with the same sources.
+    """
+    opts = opts or Options()
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = build_sections(c, opts)
+    index = SourceIndex(c.paths)
+    images: dict[str, list[tuple[str, str]]] = {}
+    if plots:
+        images["memory"] = _plots.memory_bars(memory_rows(c), out_dir)
+        images["lr"] = _plots.lr_curves(lr_rows(c, opts), out_dir)
+        images["steps"] = _plots.loss_curves(c, out_dir)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    counts = ", ".join(f"{v} {k}" for k, v in c.counts().items() if v)
+    header = f"Generated {when} from {len(c)} files ({counts or 'none'})" + \
+             (f" by `{command}`" if command else "") + ". `src` cells number the files listed under Sources."
+    text = render(sections, index, images, out_dir, header, c.skipped)
+    path = out_dir / "report.md"
+    tmp = out_dir / ".report.md.tmp"
+    tmp.write_text(text)
+    tmp.replace(path)
+    data = {"format": "slimbench.report", "version": 1, "generated": when, "command": command,
+            "options": {"loss": opts.loss, "within": opts.within, "steps": list(opts.steps) if opts.steps else None},
+            "sources": index.paths, "skipped": [list(s) for s in c.skipped],
+            "sections": [{"key": s.key, "title": s.title, "text": s.text,
+                          "tables": [{"title": t.title, "note": t.note, "rows": t.rows} for t in s.tables]}
+                         for s in sections]}
+    index_path = write_json_atomic(out_dir / "report.json", data)
+    return WrittenReport(str(path), [p for imgs in images.values() for _, p in imgs], sections, index.paths,
+                         str(index_path))

@@ -1,0 +1,191 @@
+"""Report: loading by content, the section tables' arithmetic, report.md with sources, the CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from slimbench.cli import main
+from slimbench.io import FormatError
+from slimbench.report import load
+from slimbench.report.load import Collection, Item
+from slimbench.report.markdown import SourceIndex, write_report
+from slimbench.report.tables import (Options, build_sections, default_steps, lr_rows, lr_summary_rows, memory_rows,
+                                     snr_rows, step_tables, step_time_rows)
+from slimbench.snr.derive import derive_rules
+from slimbench.snr.record import ParamInfo, SNRRecord
+from synthetic_results import bench_entry, make_run, write_bench, write_json, write_runs
+
+
+def _sweep(tmp_path):
+    """gpt: adamw and slimadam at 4 lrs x 2 seeds; slimadam diverges at the largest lr on seed 1."""
+    runs = []
+    losses = {1e-3: 2.20, 3e-3: 2.00, 1e-2: 2.06, 3e-2: 2.50}
+    for lr, base in losses.items():
+        for seed in (0, 1):
+            runs.append(make_run("adamw", lr, seed, final=base + 0.02 * seed, state_bytes=2000))
+            div = 5 if (lr == 3e-2 and seed == 1) else None
+            runs.append(make_run("slimadam", lr, seed, final=base - 0.01 + 0.02 * seed, diverged_at=div,
+                                 state_bytes=1010, saved=0.99, step_time=0.008))
+    return write_runs(tmp_path / "sweep", runs)
+
+
+def _snr_record() -> SNRRecord:
+    params = [ParamInfo("blocks.0.attn.q.weight", (8, 8), "query", True),
+              ParamInfo("blocks.1.attn.q.weight", (8, 8), "query", True),
+              ParamInfo("blocks.0.mlp.up.weight", (32, 8), "mlp_up", True),
+              ParamInfo("blocks.0.ln1.weight", (8,), "norm", False)]
+    snr = {"blocks.0.attn.q.weight": {"0": [0.5, 0.5], "1": [4.0, 6.0], "0,1": [0.4, 0.4]},
+           "blocks.1.attn.q.weight": {"0": [0.7, 0.7], "1": [2.0, 4.0], "0,1": [0.5, 0.5]},
+           "blocks.0.mlp.up.weight": {"0": [3.0, 3.0], "1": [0.2, 0.2], "0,1": [0.1, 0.1]}}
+    return SNRRecord(params, [1, 2], snr, provenance={"commit": "feedbeef"})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# loading
+
+
+def test_load_recognises_every_kind_and_skips_strays(tmp_path):
+    _sweep(tmp_path)
+    write_bench(tmp_path / "bench.json", [bench_entry("adamw-gpt-3m", "adamw")])
+    rec = _snr_record()
+    rec.save(tmp_path / "snr" / "snr.json")
+    derive_rules(load([tmp_path / "snr" / "snr.json"]).snr[0].data, 1.0, depth_average=True).save(
+        tmp_path / "snr" / "rules.json")
+    write_json(tmp_path / "profile.json", {"format": "slimbench.profile", "version": 1, "model": "gpt2-tiny",
+                                           "device": "cpu", "dtype": "float32", "optimizers": []})
+    (tmp_path / "stray.json").write_text(json.dumps({"hello": 1}))
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "x.json").write_text("{")
+    c = load([tmp_path])
+    assert c.counts() == {"runs": 16, "snr": 1, "rules": 1, "benchmarks": 1, "profiles": 1, "audits": 0,
+                          "skipped": 1}
+    assert c.skipped[0][0].endswith("stray.json") and "no 'format'" in c.skipped[0][1]
+
+
+def test_load_explicit_bad_files_fail_with_one_line(tmp_path):
+    (tmp_path / "stray.json").write_text(json.dumps({"hello": 1}))
+    (tmp_path / "cut.json").write_text('{"format": "slimbench.run", ')
+    with pytest.raises(FormatError, match="stray.json: not a slimbench file"):
+        load([tmp_path / "stray.json"])
+    with pytest.raises(FormatError, match="not valid JSON"):
+        load([tmp_path / "cut.json"])
+    with pytest.raises(FormatError, match="no such file or folder"):
+        load([tmp_path / "missing"])
+    write_json(tmp_path / "new.json", {"format": "slimbench.run", "version": 99})
+    with pytest.raises(FormatError, match="newer than this slimbench"):
+        load([tmp_path / "new.json"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tables
+
+
+def test_lr_rows_aggregate_seeds_mark_divergence_and_best(tmp_path):
+    c = load([_sweep(tmp_path)])
+    rows = {(r["optimizer"], r["lr"]): r for r in lr_rows(c)}
+    a = rows[("adamw", 3e-3)]
+    assert a["seeds"] == 2 and a["final_mean"] == pytest.approx(2.01)
+    assert a["final_std"] == pytest.approx(math.sqrt(2 * 0.01 ** 2))
+    assert a["marker"] == "best" and len(a["sources"]) == 2
+    d = rows[("slimadam", 3e-2)]
+    assert d["diverged"] == 1 and d["final_mean"] == pytest.approx(2.49)  # the finished seed only
+    assert "diverged 1/2" in d["marker"]
+
+
+def test_robustness_is_the_contiguous_range_within_tolerance(tmp_path):
+    c = load([_sweep(tmp_path)])
+    summary = {s["optimizer"]: s for s in lr_summary_rows(lr_rows(c), Options(within=0.05))}
+    s = summary["slimadam"]
+    assert s["best_lr"] == 3e-3 and s["diverged_lrs"] == [3e-2]
+    # 1e-2 (2.06 vs 2.00: +3%) is within 5%; 1e-3 (+10%) is not
+    assert (s["robust_lo"], s["robust_hi"]) == (3e-3, 1e-2)
+    assert s["robust_width"] == pytest.approx(1e-2 / 3e-3)
+    tight = {s["optimizer"]: s for s in lr_summary_rows(lr_rows(c), Options(within=0.01))}
+    assert tight["adamw"]["robust_width"] == 1.0
+
+
+def test_loss_at_steps_and_divergence_marker(tmp_path):
+    runs = [make_run("adamw", 1e-2, 0, steps=9, final=1.0), make_run("slimadam", 1e-2, 0, steps=9, diverged_at=3)]
+    c = load([write_runs(tmp_path, runs)])
+    (table,) = step_tables(c, Options(steps=(0, 4, 8)))
+    rows = {r["optimizer"]: r for r in table.rows}
+    assert rows["adamw"]["s0"] == 4.0 and rows["adamw"]["s8"] == pytest.approx(1.0)
+    assert rows["slimadam"]["s4"] == "div@3" and rows["slimadam"]["status"] == "diverged"
+    headers, cells = table.cells()
+    assert "step 4" in headers and cells
+    assert default_steps(300) == [0, 75, 150, 224, 299]
+
+
+def test_memory_rows_ratio_and_vs_adamw(tmp_path):
+    write_bench(tmp_path / "b.json", [bench_entry("adamw-gpt-3m", "adamw", state_bytes=8000),
+                                      bench_entry("slimadam-gpt-3m", "slimadam", state_bytes=4100, ratio=0.9)])
+    c = load([tmp_path / "b.json"])
+    rows = {r["optimizer"]: r for r in memory_rows(c)}
+    assert rows["adamw"]["ratio"] == 2.0 and rows["slimadam"]["vs_adamw"] == pytest.approx(4100 / 8000)
+    assert rows["slimadam"]["peak_bytes"] == 3 * 4000 + 4100
+    st = {r["optimizer"]: r for r in step_time_rows(c)}
+    assert st["slimadam"]["ratio"] == 0.9
+
+
+def test_snr_rows_from_rules_file_and_from_a_bare_record(tmp_path):
+    rec = _snr_record()
+    rec.save(tmp_path / "a" / "snr.json")
+    loaded = load([tmp_path / "a" / "snr.json"]).snr[0].data
+    derive_rules(loaded, 1.0, depth_average=True).save(tmp_path / "a" / "rules.json")
+    with_rules = snr_rows(load([tmp_path / "a"]))
+    q = next(r for r in with_rules if r["layer_type"] == "query")
+    assert q["chosen"] == "fan_in" and q["layers"] == 2 and q["fan_in"] == pytest.approx((5.0 + 3.0) / 2)
+    assert "cutoff 1.0" in q["origin"] and len(q["sources"]) == 2  # rules file + the SNR file it came from
+    bare = snr_rows(Collection(snr=[Item("x/snr.json", rec)]))
+    up = next(r for r in bare if r["layer_type"] == "mlp_up")
+    assert up["chosen"] == "fan_out" and "derived here" in up["origin"] and up["commit"] == "feedbeef"
+
+
+def test_every_section_present_and_every_row_has_a_source(tmp_path):
+    _sweep(tmp_path)
+    write_bench(tmp_path / "bench.json", [bench_entry("adamw-gpt-3m", "adamw"), bench_entry(
+        "digits-adamw", "adamw", kind="training", task="digits", preset="tiny", lr=0.01, steps=10,
+        loss_at_step={"0": 2.3, "9": 0.5}, final_val_loss=0.6, diverged=False)])
+    c = load([tmp_path])
+    secs = {s.key: s for s in build_sections(c)}
+    assert set(secs) == {"memory", "lr", "steps", "training", "snr", "step_time", "environment"}
+    assert secs["snr"].text  # says what would fill it
+    for s in secs.values():
+        for t in s.tables:
+            assert all(r.get("sources") for r in t.rows), (s.key, t.title)
+
+
+def test_source_index_compresses_ranges():
+    idx = SourceIndex(["a", "b", "c", "d", "e"])
+    assert idx.ref(["a", "b", "c", "e"]) == "[1-3, 5]"
+    assert idx.ref(["zzz"]) == ""
+
+
+def test_write_report_markdown_pngs_and_json(tmp_path):
+    _sweep(tmp_path)
+    write_bench(tmp_path / "bench.json", [bench_entry("adamw-gpt-3m", "adamw")])
+    written = write_report(load([tmp_path]), tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    for title in ("## Memory", "## Loss vs learning rate", "## Loss vs step", "## SNR per layer type",
+                  "## Step time", "## Environment", "## Sources"):
+        assert title in text
+    assert "diverged 1/2" in text and "| src" in text
+    assert written.images and all(p.endswith(".png") for p in written.images)
+    assert "](lr-gpt-tiny-steps-10.png)" in text
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["format"] == "slimbench.report" and len(data["sources"]) == 17
+    # the report's own output is not read back as input
+    assert load([tmp_path]).skipped == []
+
+
+def test_cli_report(tmp_path, capsys):
+    _sweep(tmp_path)
+    assert main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "r"), "--no-plots", "--within", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "Best learning rate and robustness" in out and "wrote" in out
+    assert not list((tmp_path / "r").glob("*.png"))
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")]) == 2
+    assert "no result files" in capsys.readouterr().err
