@@ -14,7 +14,7 @@ import sys
 from slimbench.io import FormatError
 
 # Order is the order shown in --help.
-SUBCOMMANDS = ("audit", "optimizers", "profile", "snr", "rules", "data", "run", "report", "compare")
+SUBCOMMANDS = ("audit", "optimizers", "profile", "snr", "rules", "data", "run", "report", "compare", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:

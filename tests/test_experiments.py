@@ -1,0 +1,84 @@
+"""The experiment recipes (slimbench.experiments): every --quick variant runs and writes its outputs.
+
+Two quick experiments run in the default test run (about 15 s together on 2 shared cores); the others are
+marked slow (``pytest -m slow tests/test_experiments.py``).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slimbench.cli import main
+from slimbench.experiments import EXPERIMENTS, SweepStep, get_experiment, run_experiment
+
+FAST = ("snr-by-layer", "transfer")
+
+
+def _check(result, name):
+    summary = json.loads((result.out / "summary.json").read_text())
+    assert summary["format"] == "slimbench.experiment" and summary["experiment"] == name
+    assert summary["quick"] is True
+    assert result.analysis.tables, "an experiment must produce at least one table"
+    assert not result.analysis.missing, result.analysis.missing
+    assert not result.errors, result.errors
+    assert all(s["status"] == "ran" for s in summary["steps"])
+    assert (result.out / "tables.md").read_text().startswith("# ")
+    for t in result.analysis.tables:
+        assert all(len(r) == len(t.headers) for r in t.rows), t.title
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in FAST else [pytest.mark.slow])
+                                  for n in EXPERIMENTS])
+def test_quick_variant_runs(name, tmp_path):
+    result = run_experiment(name, quick=True, out=tmp_path / name)
+    _check(result, name)
+
+
+def test_snr_by_layer_rows_and_resume(tmp_path):
+    out = tmp_path / "e1"
+    first = run_experiment("snr-by-layer", quick=True, out=out)
+    types = [r[0] for r in first.analysis.tables[0].rows]
+    assert {"query", "key", "value", "attn_out", "mlp_up", "mlp_down", "embedding"} <= set(types)
+    assert types[-1] == "norm (1-D)"
+    # Rerunning computes nothing: every step's output exists, and the wall time of the first run is kept.
+    second = run_experiment("snr-by-layer", quick=True, out=out)
+    assert [s.status for s in second.steps] == ["skipped (output exists)"] * 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(s["status"] == "ran" and s["wall_time_s"] > 0 for s in summary["steps"])
+    assert second.analysis.tables[1].title.startswith("Seed check")
+    assert second.analysis.tables[0].rows == first.analysis.tables[0].rows
+
+
+def test_analyze_only_lists_missing_outputs(tmp_path):
+    result = run_experiment("lr-vs-snr", quick=True, out=tmp_path, analyze_only=True)
+    assert result.analysis.missing and not result.analysis.tables
+    assert all(s.status == "not run" for s in result.steps)
+
+
+def test_plans_use_existing_commands(tmp_path):
+    """Every step is one of the library calls behind snr / rules / run, and says which command it equals."""
+    for exp in EXPERIMENTS.values():
+        for quick in (True, False):
+            for step in exp.plan(quick):
+                cmd = step.command(tmp_path)
+                assert cmd.startswith("python -m slimbench ") or cmd.startswith("(rules file"), cmd
+                if isinstance(step, SweepStep):
+                    step.sweep(tmp_path).runs()  # validates task, settings and optimizer names
+
+
+def test_cli_list_and_unknown(capsys):
+    assert main(["experiment", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in EXPERIMENTS)
+    assert main(["experiment", "nope"]) == 2
+    assert "unknown experiment 'nope'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown experiment"):
+        get_experiment("nope")
+
+
+def test_cli_quick_writes_tables(tmp_path, capsys):
+    assert main(["experiment", "snr-by-layer", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "SNR per layer type" in out and "agreement" in out
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "snr" / "gpt.json").exists()
