@@ -225,7 +225,8 @@ def _adam_mini(model: nn.Module, lr: float, betas: tuple[float, float], weight_d
     if map_names:
         for n, p in named:
             target = _ADAM_MINI_SETS.get(layer_type(n, p.shape))
-            if target and p.dim() >= 2:
+            if target and p.dim() == 2:  # Adam-mini's per-neuron path assumes matrices: a ViT's (1, n, d)
+                # position table mapped to embd_names would crash its step; it stays in the default block.
                 getattr(opt, target).add(n.lower())
     return opt
 

@@ -183,3 +183,17 @@ def test_broken_package_is_reported(monkeypatch):
     monkeypatch.setattr(registry.importlib, "import_module", broken)
     with pytest.raises(OptimizerUnavailable, match="broken on import"):
         build_optimizer("lion", build_model("gpt2-tiny", "meta"))
+
+
+def test_adam_mini_steps_on_a_vit_with_3d_position_table():
+    """A (1, n, d) position table must not be mapped into Adam-mini's per-neuron (matrix-only) sets."""
+    model = torch.nn.Module()
+    model.pos_emb = torch.nn.Parameter(torch.randn(1, 5, 8))
+    model.blocks = torch.nn.ModuleList([torch.nn.Module()])
+    model.blocks[0].attn = torch.nn.Module()
+    model.blocks[0].attn.q = torch.nn.Linear(8, 8, bias=False)
+    opt = build_optimizer("adam-mini", model, lr=1e-2, dim=8, n_heads=2)
+    (model.pos_emb.sum() + model.blocks[0].attn.q.weight.square().sum()).backward()
+    before = model.pos_emb.detach().clone()
+    opt.step()
+    assert not torch.equal(before, model.pos_emb)
