@@ -76,6 +76,11 @@ class SlimAdam(Optimizer):
             JSON path. See :mod:`slimbench.rules`.
         foreach: use the multi-tensor path (tensors grouped by device, dtype and K). None picks
             foreach on CPU/CUDA.
+        fused: compile each (device, dtype) bucket's whole update with ``torch.compile`` (C++/OpenMP
+            on CPU, Triton on GPU); see :mod:`slimbench.optim._fused`. The first step pays a one-off
+            compile (seconds to tens of seconds); hyperparameters and lr schedules never recompile. Falls
+            back to foreach, with one warning, where compiling is impossible. Cannot be combined with
+            ``foreach=True``. Default None (off).
         maximize: maximize the objective instead of minimizing (default False).
 
     Non-finite gradients are not skipped, exactly as in torch.optim.AdamW. Note the wider blast radius:
@@ -89,10 +94,12 @@ class SlimAdam(Optimizer):
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, rules: RulesLike = None,
-                 foreach: bool | None = None, maximize: bool = False) -> None:
+                 foreach: bool | None = None, fused: bool | None = None, maximize: bool = False) -> None:
         check_adam_hyper(lr, betas, eps, weight_decay)
+        if fused and foreach:
+            raise ValueError("`fused` and `foreach` cannot be `True` together.")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach,
-                        maximize=maximize)
+                        fused=fused, maximize=maximize)
         self._rules = rules
         super().__init__(params, defaults)
         self.assignments: dict[str, Assignment] = self._assign_dims(rules)
@@ -107,6 +114,18 @@ class SlimAdam(Optimizer):
             new = resolve(zip(names, (p.shape for p in group["params"])), self._rules, strict=False)
             _store_group_dims(group, names, new)
             self.assignments.update(new)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load state and hyperparameters, but keep this optimizer's own ``foreach`` / ``fused`` choice.
+
+        The three paths share one state layout, so a checkpoint from any path continues on any other.
+        Unlike torch.optim (which restores the saved flags), the implementation stays the one this
+        optimizer was built with: a fused run resumed from a foreach checkpoint stays fused.
+        """
+        flags = [(g.get("foreach"), g.get("fused")) for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, (foreach, fused) in zip(self.param_groups, flags):
+            group["foreach"], group["fused"] = foreach, fused
 
     def _assign_dims(self, rules: RulesLike) -> dict[str, Assignment]:
         """Resolve rules to dims per parameter; store them in each group as ``group['param_dims']``.
@@ -163,8 +182,10 @@ class SlimAdam(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, steps, dims = self._init_group(group)
-            foreach = group["foreach"] if group["foreach"] is not None else default_foreach(params)
+            fused = bool(group.get("fused"))
+            foreach = False if fused else (group["foreach"] if group["foreach"] is not None
+                                           else default_foreach(params))
             beta1, beta2 = group["betas"]
             hp = AdamHyper(group["lr"], beta1, beta2, group["eps"], group["weight_decay"], group["maximize"])
-            slimadam(params, grads, exp_avgs, exp_avg_sqs, steps, dims, hp=hp, foreach=foreach)
+            slimadam(params, grads, exp_avgs, exp_avg_sqs, steps, dims, hp=hp, foreach=foreach, fused=fused)
         return loss

@@ -1,0 +1,257 @@
+"""SlimAdam(fused=True): same maths as the for-loop, one compile per bucket structure, safe fallbacks.
+
+Compiling costs seconds per graph, so every test draws its tensors from a few fixed layouts (shapes, K and
+param groups) and varies only what the compiled graphs take as data: hyperparameters, lr schedules,
+number of steps, seeds. Graphs are cached per structure in the process, so examples after the first reuse
+them. Run alone, the module takes about a minute on 2 busy CPU cores, most of it compiling.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slimbench import SlimAdam
+from slimbench.optim import _fused
+
+# (groups of (shape, K)); group 2, when present, runs with lr / 3 and weight decay 0.05.
+LAYOUTS = {
+    "mixed": [[((4, 5), (1,)), ((3,), ()), ((2, 3, 4), (0, 2)), ((3, 4), (0,))]],
+    # (8, 3) and (4, 2, 3) with leading K take the fused path's blocked column reduction.
+    "two_groups": [[((2, 3, 2, 3), (1, 3)), ((8, 3), (0,))], [((5, 4), (0, 1)), ((6,), (0,)), ((4, 5), ()),
+                                                            ((4, 2, 3), (0, 1))]],
+}
+
+hypers = st.fixed_dictionaries({
+    "lr": st.floats(1e-4, 0.3),
+    "betas": st.tuples(st.floats(0.0, 0.99), st.floats(0.5, 0.9999)),
+    "eps": st.sampled_from([1e-8, 1e-6, 1e-3]),
+    "weight_decay": st.sampled_from([0.0, 0.01, 0.3]),
+})
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings():
+    """Fallback warnings are issued once per process; forget them so each test sees its own."""
+    _fused._warned.clear()
+    yield
+    _fused._warned.clear()
+
+
+def make_named(layout: str, seed: int, dtype: torch.dtype = torch.float32) -> list[list[tuple[str, torch.nn.Parameter]]]:
+    g = torch.Generator().manual_seed(seed)
+    out, i = [], 0
+    for group in LAYOUTS[layout]:
+        named = []
+        for shape, _ in group:
+            named.append((f"p{i}", torch.nn.Parameter(torch.randn(shape, generator=g, dtype=dtype))))
+            i += 1
+        out.append(named)
+    return out
+
+
+def rules_of(layout: str) -> dict:
+    ks = [k for group in LAYOUTS[layout] for _, k in group]
+    return {f"p{i}": list(k) for i, k in enumerate(ks)}
+
+
+def build(layout: str, named: list, hp: dict, **impl) -> SlimAdam:
+    groups = [{"params": named[0]}]
+    if len(named) > 1:
+        groups.append({"params": named[1], "lr": hp["lr"] / 3, "weight_decay": 0.05})
+    return SlimAdam(groups, **hp, rules=rules_of(layout), **impl)
+
+
+def set_grads(named: list, seed: int, step: int) -> None:
+    g = torch.Generator().manual_seed(seed * 1000 + step + 1)
+    for _, p in itertools.chain(*named):
+        # Varying scales per entry, so means along K differ from the entries they replace.
+        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype) * torch.rand(p.shape, generator=g, dtype=p.dtype) * 3
+
+
+def run(layout: str, hp: dict, steps: int, seed: int, dtype: torch.dtype = torch.float32,
+        schedule: bool = False, **impl) -> list[torch.Tensor]:
+    named = make_named(layout, seed, dtype)
+    opt = build(layout, named, hp, **impl)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (1 + t)) if schedule else None
+    for t in range(steps):
+        set_grads(named, seed, t)
+        opt.step()
+        if sched is not None:
+            sched.step()
+    return [p.detach().clone() for _, p in itertools.chain(*named)]
+
+
+def assert_close_fp32(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    """Within fp32 rounding: the reduction order and one multiply-for-divide differ from the for-loop."""
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=60)
+@given(layout=st.sampled_from(sorted(LAYOUTS)), hp=hypers, steps=st.integers(1, 6), seed=st.integers(0, 2**16),
+       schedule=st.booleans())
+def test_fused_equals_for_loop(layout: str, hp: dict, steps: int, seed: int, schedule: bool) -> None:
+    ref = run(layout, hp, steps, seed, schedule=schedule, foreach=False)
+    got = run(layout, hp, steps, seed, schedule=schedule, fused=True)
+    assert_close_fp32(ref, got)
+
+
+def test_fused_equals_for_loop_fp64_every_dims_subset() -> None:
+    """All 16 K of a 4-D tensor (plus 1-D and 2-D tensors) in one graph, in fp64: agreement to ~1e-15."""
+    shape = (2, 3, 2, 3)
+    ks = [k for r in range(5) for k in itertools.combinations(range(4), r)]
+    g = torch.Generator().manual_seed(7)
+    named = [(f"t{i}", torch.nn.Parameter(torch.randn(shape, generator=g, dtype=torch.float64))) for i in range(len(ks))]
+    named += [("v", torch.nn.Parameter(torch.randn(5, generator=g, dtype=torch.float64))),
+              ("w", torch.nn.Parameter(torch.randn(3, 4, generator=g, dtype=torch.float64)))]
+    rules = {f"t{i}": list(k) for i, k in enumerate(ks)} | {"v": [0], "w": [1]}
+    grads = [[torch.randn(p.shape, generator=g, dtype=torch.float64) for _, p in named] for _ in range(4)]
+    outs = []
+    for impl in ({"foreach": False}, {"fused": True}):
+        params = [(n, torch.nn.Parameter(p.detach().clone())) for n, p in named]
+        opt = SlimAdam(params, lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1, rules=rules, **impl)
+        for gs in grads:
+            for (_, p), gr in zip(params, gs):
+                p.grad = gr.clone()
+            opt.step()
+        outs.append([p.detach() for _, p in params])
+    for x, y in zip(*outs):
+        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-14)
+
+
+def test_maximize_matches_for_loop() -> None:
+    hp = {"lr": 0.01, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.01, "maximize": True}
+    assert_close_fp32(run("mixed", hp, 3, 1, foreach=False), run("mixed", hp, 3, 1, fused=True))
+
+
+@pytest.mark.parametrize("first,second", [("fused", "loop"), ("loop", "fused"), ("fused", "foreach")])
+def test_state_dict_crosses_paths(first: str, second: str) -> None:
+    """Save mid-run from one path, load into another, continue: same as one uninterrupted for-loop run."""
+    impls = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    hp = {"lr": 0.02, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1}
+    layout, seed, steps, half = "two_groups", 3, 6, 3
+    ref = run(layout, hp, steps, seed, foreach=False)
+
+    named = make_named(layout, seed)
+    opt = build(layout, named, hp, **impls[first])
+    for t in range(half):
+        set_grads(named, seed, t)
+        opt.step()
+    buf = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "params": [p.detach().clone() for _, p in itertools.chain(*named)]}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+
+    named2 = make_named(layout, seed)
+    with torch.no_grad():
+        for (_, p), w in zip(itertools.chain(*named2), saved["params"]):
+            p.copy_(w)
+    opt2 = build(layout, named2, hp, **impls[second])
+    opt2.load_state_dict(saved["opt"])
+    # The implementation is the loading optimizer's own choice, not the checkpoint's.
+    assert all(bool(g["fused"]) == (second == "fused") for g in opt2.param_groups)
+    for t in range(half, steps):
+        set_grads(named2, seed, t)
+        opt2.step()
+    assert_close_fp32(ref, [p.detach() for _, p in itertools.chain(*named2)])
+
+
+def test_schedules_and_hyperparameter_changes_never_recompile() -> None:
+    """lr from a scheduler every step, then betas, eps and weight decay changed: one graph, compiled once."""
+    counters = torch._dynamo.utils.counters
+    named = make_named("mixed", 11)
+    hp = {"lr": 0.01, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.0}
+    opt = build("mixed", named, hp, fused=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=20)
+    set_grads(named, 11, 0)
+    opt.step()  # compiles, unless an earlier test already compiled this structure
+    sched.step()
+    graphs, frames = counters["stats"]["unique_graphs"], counters["frames"]["total"]
+    lrs = set()
+    for t in range(1, 9):
+        if t == 5:
+            opt.param_groups[0].update(betas=(0.5, 0.9), eps=1e-3, weight_decay=0.2)
+        set_grads(named, 11, t)
+        opt.step()
+        lrs.add(opt.param_groups[0]["lr"])
+        sched.step()
+    assert len(lrs) == 8
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert counters["frames"]["total"] == frames  # no recompile attempts either
+    assert not _fused._broken
+
+
+def test_fused_and_foreach_together_is_an_error() -> None:
+    p = [("w", torch.nn.Parameter(torch.zeros(2, 2)))]
+    with pytest.raises(ValueError, match="`fused` and `foreach` cannot be `True` together"):
+        SlimAdam(p, fused=True, foreach=True)
+
+
+def test_compile_failure_falls_back_to_foreach_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No usable C++ compiler: the step runs the foreach path, warns once, and the numbers are foreach's."""
+    import torch._inductor.config as inductor_config
+
+    hp = {"lr": 0.01, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1}
+    ref = run("mixed", hp, 3, 5, foreach=True)
+    named = make_named("mixed", 5)
+    # A structure no other test compiles (so no cached graph), and a compiler that does not exist.
+    named[0].append(("extra", torch.nn.Parameter(torch.ones(7, 3))))
+    opt = build("mixed", named, hp, fused=True)
+    with inductor_config.patch({"cpp.cxx": ("slimbench-no-such-compiler",), "fx_graph_cache": False}):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for t in range(3):
+                set_grads(named, 5, t)
+                named[0][-1][1].grad = torch.ones(7, 3)
+                opt.step()
+    fallbacks = [w for w in caught if "using the foreach path" in str(w.message)]
+    assert len(fallbacks) == 1, [str(w.message) for w in caught]
+    assert "could not compile" in str(fallbacks[0].message)
+    got = [p.detach() for _, p in itertools.chain(*named)][:-1]
+    for x, y in zip(ref, got):  # the fallback is the foreach path itself: bit-identical
+        assert torch.equal(x, y)
+    assert opt.state[named[0][0][1]]["step"].item() == 3  # the failed compile did not count a step
+
+
+def test_unsupported_device_falls_back_with_one_warning() -> None:
+    """Meta tensors: torch.compile has no backend for them; the step still runs (foreach) and warns once."""
+    p = torch.nn.Parameter(torch.empty(4, 3, device="meta"))
+    opt = SlimAdam([("w", p)], rules={"w": [1]}, fused=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            p.grad = torch.empty(4, 3, device="meta")
+            opt.step()
+    assert sum("torch.compile does not support device type 'meta'" in str(w.message) for w in caught) == 1
+    assert opt.state[p]["exp_avg_sq"].shape == (4, 1)
+
+
+def test_runs_eagerly_under_a_dispatch_mode() -> None:
+    """slimbench.memory.profile's CPU tracker is a TorchDispatchMode: fused steps run under it, eagerly."""
+    from slimbench.memory.profile import step_memory
+
+    hp = {"lr": 0.01, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1}
+    named = make_named("mixed", 2)
+    opt = build("mixed", named, hp, fused=True)
+    set_grads(named, 2, 0)
+    opt.step()
+    mem = step_memory(opt)
+    assert mem.retained_bytes == 0
+    assert all(opt.state[p]["step"].item() == 2 for _, p in named[0])
+
+
+def test_params_without_grads_are_skipped() -> None:
+    named = make_named("mixed", 4)
+    opt = build("mixed", named, {"lr": 0.01}, fused=True)
+    set_grads(named, 4, 0)
+    frozen = named[0][1][1]
+    frozen.grad = None
+    before = frozen.detach().clone()
+    opt.step()
+    assert torch.equal(frozen, before) and frozen not in opt.state
