@@ -34,17 +34,11 @@ def parse_sets(items: list[str] | None) -> dict:
 def build_task(name: str, preset: str, seed: int, **overrides):
     """The standard task (imported here so the snr library never depends on the tasks package).
 
-    A ``steps`` override shorter than the preset's warmup scales the warmup with it (same fraction of
-    the run), unless ``warmup_steps`` is given too: a short proxy run should keep the recipe's shape.
+    A ``steps`` override shorter than the preset's keeps the preset's warmup fraction unless
+    ``warmup_steps`` is given too (:func:`slimbench.tasks.get_spec`): a short proxy run keeps the recipe's shape.
     """
     from slimbench.tasks import build_task as _build
-    from slimbench.tasks import get_spec
 
-    steps = overrides.get("steps")
-    if steps is not None and "warmup_steps" not in overrides:
-        base = get_spec(name, preset, **{k: v for k, v in overrides.items() if k != "steps"})
-        if base.warmup_steps > steps:
-            overrides["warmup_steps"] = round(base.warmup_steps * steps / base.steps)
     return _build(name, preset=preset, seed=seed, **overrides)
 
 
