@@ -41,7 +41,6 @@ rounds (its step time does not depend on the step count).
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import statistics
@@ -56,7 +55,7 @@ import torch
 from torch import nn
 
 from slimbench import SlimAdam
-from slimbench.tasks.models import GPT, GPTConfig, count_params
+from slimbench.tasks.models import GPT, GPTConfig
 
 EXTRA_KIND = "fused_step"
 EXTRA_VERSION = 1
