@@ -29,6 +29,7 @@ from torch import nn
 
 from slimbench.layers import layer_type
 from slimbench.optim import AdaLayer, SlimAdam
+from slimbench.optim.slimadam import check_adam_hyper
 from slimbench.rules import RulesLike
 
 Factory = Callable[..., torch.optim.Optimizer]
@@ -367,6 +368,10 @@ def build_optimizer(name: str, model: nn.Module, lr: float = 1e-3, betas: tuple[
         ValueError: unknown name, unsupported flag, rules for an optimizer without rules, bad values.
     """
     spec = get_spec(name)
+    try:  # one check for every optimizer: third-party ones word (or skip) these checks differently
+        check_adam_hyper(lr, betas, 0.0, weight_decay)
+    except ValueError as e:
+        raise ValueError(f"optimizer {name!r}: {e}") from None
     for flag in _IMPL_FLAGS:
         if extra.get(flag) and not getattr(spec, flag):
             raise ValueError(f"optimizer {name!r} does not support {flag}=True")

@@ -3,6 +3,7 @@ third-party package is reported, never a crash."""
 from __future__ import annotations
 
 import importlib
+import re
 
 import pytest
 import torch
@@ -197,3 +198,17 @@ def test_adam_mini_steps_on_a_vit_with_3d_position_table():
     before = model.pos_emb.detach().clone()
     opt.step()
     assert not torch.equal(before, model.pos_emb)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY), ids=sorted(REGISTRY))
+@pytest.mark.parametrize("kwargs, match", [
+    ({"lr": -1e-3}, "Invalid learning rate: -0.001"),
+    ({"lr": float("nan")}, "Invalid learning rate: nan"),
+    ({"weight_decay": -0.1}, "Invalid weight_decay value: -0.1"),
+    ({"betas": (0.9, 1.0)}, "Invalid beta parameter at index 1"),
+])
+def test_bad_hyperparameters_are_one_clear_error_for_every_optimizer(name, kwargs, match):
+    """Every registry entry, torch or third-party, rejects bad shared hyperparameters the same way."""
+    model = nn.Linear(4, 3)
+    with pytest.raises(ValueError, match=re.escape(f"optimizer '{name}': {match}")):
+        build_optimizer(name, model, **{"lr": 1e-3, **kwargs})
