@@ -93,17 +93,27 @@ class ExactCheck(Check):
         return f"{self.metric}:exact"
 
 
+class _ToleranceCheck(Check):
+    """Fails if worse, and improves if better, by more than :meth:`tolerance` of the baseline."""
+
+    def tolerance(self, base: float) -> float:
+        raise NotImplementedError
+
+    def fails(self, base: float, new: float) -> bool:
+        return _worse(self.metric, base, new) > self.tolerance(base)
+
+    def improves(self, base: float, new: float) -> bool:
+        return -_worse(self.metric, base, new) > self.tolerance(base)
+
+
 @dataclass(frozen=True)
-class PercentageCheck(Check):
+class PercentageCheck(_ToleranceCheck):
     """Fails if worse by more than ``percent`` % of the baseline's magnitude."""
 
     percent: float = 5.0
 
-    def fails(self, base: float, new: float) -> bool:
-        return _worse(self.metric, base, new) > abs(base) * self.percent / 100
-
-    def improves(self, base: float, new: float) -> bool:
-        return -_worse(self.metric, base, new) > abs(base) * self.percent / 100
+    def tolerance(self, base: float) -> float:
+        return abs(base) * self.percent / 100
 
     @property
     def text(self) -> str:
@@ -111,16 +121,13 @@ class PercentageCheck(Check):
 
 
 @dataclass(frozen=True)
-class DifferenceCheck(Check):
+class DifferenceCheck(_ToleranceCheck):
     """Fails if worse by more than ``max_diff`` (absolute, in the metric's units)."""
 
     max_diff: float = 0.0
 
-    def fails(self, base: float, new: float) -> bool:
-        return _worse(self.metric, base, new) > self.max_diff
-
-    def improves(self, base: float, new: float) -> bool:
-        return -_worse(self.metric, base, new) > self.max_diff
+    def tolerance(self, base: float) -> float:
+        return self.max_diff
 
     @property
     def text(self) -> str:
