@@ -1,5 +1,8 @@
 """SlimAdam(fused=True): same maths as the for-loop, one compile per bucket structure, safe fallbacks.
 
+Both fused backends run here: "auto" (the native C kernel for CPU fp32/fp64 tensors whose K is a
+contiguous range of dims, torch.compile for the rest, e.g. K = (0, 2)) and "compile" (torch.compile only).
+
 Compiling costs seconds per graph, so every test draws its tensors from a few fixed layouts (shapes, K and
 param groups) and varies only what the compiled graphs take as data: hyperparameters, lr schedules,
 number of steps, seeds. Graphs are cached per structure in the process, so examples after the first reuse
@@ -93,16 +96,21 @@ def assert_close_fp32(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 
 
+BACKENDS = ["auto", "compile"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=60)
 @given(layout=st.sampled_from(sorted(LAYOUTS)), hp=hypers, steps=st.integers(1, 6), seed=st.integers(0, 2**16),
        schedule=st.booleans())
-def test_fused_equals_for_loop(layout: str, hp: dict, steps: int, seed: int, schedule: bool) -> None:
+def test_fused_equals_for_loop(backend: str, layout: str, hp: dict, steps: int, seed: int, schedule: bool) -> None:
     ref = run(layout, hp, steps, seed, schedule=schedule, foreach=False)
-    got = run(layout, hp, steps, seed, schedule=schedule, fused=True)
+    got = run(layout, hp, steps, seed, schedule=schedule, fused=True, fused_backend=backend)
     assert_close_fp32(ref, got)
 
 
-def test_fused_equals_for_loop_fp64_every_dims_subset() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_equals_for_loop_fp64_every_dims_subset(backend: str) -> None:
     """All 16 K of a 4-D tensor (plus 1-D and 2-D tensors) in one graph, in fp64: agreement to ~1e-15."""
     shape = (2, 3, 2, 3)
     ks = [k for r in range(5) for k in itertools.combinations(range(4), r)]
@@ -113,7 +121,7 @@ def test_fused_equals_for_loop_fp64_every_dims_subset() -> None:
     rules = {f"t{i}": list(k) for i, k in enumerate(ks)} | {"v": [0], "w": [1]}
     grads = [[torch.randn(p.shape, generator=g, dtype=torch.float64) for _, p in named] for _ in range(4)]
     outs = []
-    for impl in ({"foreach": False}, {"fused": True}):
+    for impl in ({"foreach": False}, {"fused": True, "fused_backend": backend}):
         params = [(n, torch.nn.Parameter(p.detach().clone())) for n, p in named]
         opt = SlimAdam(params, lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1, rules=rules, **impl)
         for gs in grads:
@@ -125,15 +133,18 @@ def test_fused_equals_for_loop_fp64_every_dims_subset() -> None:
         torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-14)
 
 
-def test_maximize_matches_for_loop() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_maximize_matches_for_loop(backend: str) -> None:
     hp = {"lr": 0.01, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.01, "maximize": True}
-    assert_close_fp32(run("mixed", hp, 3, 1, foreach=False), run("mixed", hp, 3, 1, fused=True))
+    assert_close_fp32(run("mixed", hp, 3, 1, foreach=False), run("mixed", hp, 3, 1, fused=True, fused_backend=backend))
 
 
-@pytest.mark.parametrize("first,second", [("fused", "loop"), ("loop", "fused"), ("fused", "foreach")])
+@pytest.mark.parametrize("first,second", [("fused", "loop"), ("loop", "fused"), ("fused", "foreach"),
+                                          ("compiled", "fused"), ("fused", "compiled")])
 def test_state_dict_crosses_paths(first: str, second: str) -> None:
     """Save mid-run from one path, load into another, continue: same as one uninterrupted for-loop run."""
-    impls = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    impls = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True},
+             "compiled": {"fused": True, "fused_backend": "compile"}}
     hp = {"lr": 0.02, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1}
     layout, seed, steps, half = "two_groups", 3, 6, 3
     ref = run(layout, hp, steps, seed, foreach=False)
@@ -155,7 +166,7 @@ def test_state_dict_crosses_paths(first: str, second: str) -> None:
     opt2 = build(layout, named2, hp, **impls[second])
     opt2.load_state_dict(saved["opt"])
     # The implementation is the loading optimizer's own choice, not the checkpoint's.
-    assert all(bool(g["fused"]) == (second == "fused") for g in opt2.param_groups)
+    assert all(bool(g["fused"]) == (second in ("fused", "compiled")) for g in opt2.param_groups)
     for t in range(half, steps):
         set_grads(named2, seed, t)
         opt2.step()
@@ -167,7 +178,7 @@ def test_schedules_and_hyperparameter_changes_never_recompile() -> None:
     counters = torch._dynamo.utils.counters
     named = make_named("mixed", 11)
     hp = {"lr": 0.01, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.0}
-    opt = build("mixed", named, hp, fused=True)
+    opt = build("mixed", named, hp, fused=True, fused_backend="compile")
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=20)
     set_grads(named, 11, 0)
     opt.step()  # compiles, unless an earlier test already compiled this structure
@@ -202,7 +213,7 @@ def test_compile_failure_falls_back_to_foreach_with_one_warning(monkeypatch: pyt
     named = make_named("mixed", 5)
     # A structure no other test compiles (so no cached graph), and a compiler that does not exist.
     named[0].append(("extra", torch.nn.Parameter(torch.ones(7, 3))))
-    opt = build("mixed", named, hp, fused=True)
+    opt = build("mixed", named, hp, fused=True, fused_backend="compile")
     with inductor_config.patch({"cpp.cxx": ("slimbench-no-such-compiler",), "fx_graph_cache": False}):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -255,3 +266,148 @@ def test_params_without_grads_are_skipped() -> None:
     before = frozen.detach().clone()
     opt.step()
     assert torch.equal(frozen, before) and frozen not in opt.state
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the native CPU kernel (fused_backend="auto")
+
+
+def test_native_kernel_runs_without_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tensor of "two_groups" has K a contiguous range of dims: the C kernel takes all, nothing compiles."""
+    monkeypatch.setattr(_fused, "_compile_new", lambda: pytest.fail("the native path compiled a graph"))
+    hp = {"lr": 0.02, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1}
+    assert_close_fp32(run("two_groups", hp, 4, 9, foreach=False), run("two_groups", hp, 4, 9, fused=True))
+
+
+def test_native_kernel_is_the_same_with_two_threads() -> None:
+    """OpenMP splits work items between threads; each item owns its entries, so threads change nothing."""
+    from slimbench.optim import _native
+
+    hp = {"lr": 0.02, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1}
+    # Items per tensor > 1: a big Adam tensor, many rows, several column blocks (BLOCK_BYTES forces it).
+    shapes = {"a": ((70000,), []), "rows": ((3000, 40), [1]), "cols": ((300, 4000), [0])}
+
+    def once(threads: int) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        named = [(n, torch.nn.Parameter(torch.randn(s, generator=g))) for n, (s, _) in shapes.items()]
+        opt = SlimAdam(named, **hp, rules={n: k for n, (_, k) in shapes.items()}, fused=True)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for _ in range(3):
+                for _, p in named:
+                    p.grad = torch.randn(p.shape, generator=g)
+                opt.step()
+        finally:
+            torch.set_num_threads(before)
+        return [p.detach() for _, p in named]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_native, "BLOCK_BYTES", 1 << 16)
+        _native.clear_cache()
+        plan = _native.make_plan([torch.Size((300, 4000))], [(0,)], 4)
+        assert plan.n_items > 1
+        one, two = once(1), once(2)
+    _native.clear_cache()
+    for x, y in zip(one, two):
+        assert torch.equal(x, y)
+
+
+def test_native_unavailable_falls_back_to_compile_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from slimbench.optim import _native
+
+    def no_compiler(force: bool = False):
+        raise _native.NativeUnavailable("no C compiler found (set $CC, or install gcc)")
+
+    monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setattr(_native, "_lib_error", None)
+    monkeypatch.setattr(_native, "build", no_compiler)
+    hp = {"lr": 0.01, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = run("two_groups", hp, 3, 4, fused=True)
+    msgs = [str(w.message) for w in caught if "native CPU kernel is unavailable" in str(w.message)]
+    assert len(msgs) == 1 and "no C compiler" in msgs[0]
+    assert_close_fp32(run("two_groups", hp, 3, 4, foreach=False), got)
+
+
+def test_tensors_the_kernel_cannot_take_go_to_the_compiled_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transposed (non-contiguous) gradient one step, and K = (0, 2): both still get SlimAdam's update."""
+    from slimbench.optim import _native
+
+    left: list[list[int]] = []  # per fused step: indices the kernel left to torch.compile
+    real = _native.step_where_possible
+
+    def spy(*args, **kwargs):
+        left.append(real(*args, **kwargs))
+        return left[-1]
+
+    monkeypatch.setattr(_native, "step_where_possible", spy)
+    hp = {"lr": 0.01, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.0}
+    outs = []
+    for impl in ({"foreach": False}, {"fused": True}):
+        g = torch.Generator().manual_seed(3)
+        named = [("w", torch.nn.Parameter(torch.randn(4, 5, generator=g))),
+                 ("t", torch.nn.Parameter(torch.randn(2, 3, 4, generator=g)))]
+        opt = SlimAdam(named, **hp, rules={"w": [1], "t": [0, 2]}, **impl)
+        for step in range(3):
+            grad = torch.randn(5, 4, generator=g)
+            named[0][1].grad = grad.t() if step == 1 else grad.t().contiguous()
+            named[1][1].grad = torch.randn(2, 3, 4, generator=g)
+            opt.step()
+        outs.append([p.detach() for _, p in named])
+    assert left == [[1], [0, 1], [1]]
+    assert_close_fp32(*outs)
+
+
+@settings(max_examples=100, deadline=None)
+@given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=4), data=st.data())
+def test_native_plan_covers_every_entry_once(shape: list[int], data) -> None:
+    """Work items partition each tensor: every entry of p (and of V) belongs to exactly one item."""
+    from slimbench.optim import _native
+
+    n = len(shape)
+    lo = data.draw(st.integers(0, n))
+    hi = data.draw(st.integers(lo, n))
+    dims = tuple(range(lo, hi))
+    o, r, i = _native.native_view(tuple(shape), dims)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_native, "ITEM_ENTRIES", data.draw(st.sampled_from([16, 1 << 14])))
+        mp.setattr(_native, "BLOCK_BYTES", data.draw(st.sampled_from([64, 1 << 22])))
+        mp.setattr(_native, "MIN_W", 16)
+        plan = _native.make_plan([torch.Size(shape)], [dims], 4)
+    seen = torch.zeros(o, r, i, dtype=torch.int64)
+    items = list(plan.items)
+    for k in range(plan.n_items):
+        t, oo, a, b = items[4 * k: 4 * k + 4]
+        assert t == 0
+        if r == 1:
+            seen.view(-1)[a:b] += 1
+        elif i == 1:
+            seen[a:b] += 1
+        else:
+            assert b - a <= _native.MAX_W
+            seen[oo, :, a:b] += 1
+    assert torch.equal(seen, torch.ones_like(seen))
+
+
+def test_native_view_needs_a_contiguous_range_of_dims() -> None:
+    from slimbench.optim import _native
+
+    assert _native.native_view((3, 4), ()) == (12, 1, 1)
+    assert _native.native_view((3, 4), (0,)) == (1, 3, 4)
+    assert _native.native_view((3, 4), (1,)) == (3, 4, 1)
+    assert _native.native_view((2, 3, 4, 5), (1, 2)) == (2, 12, 5)
+    assert _native.native_view((2, 3, 4), (0, 2)) is None
+
+
+def test_native_library_is_cached_by_content(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built once into $SLIMBENCH_CACHE/kernels, under a name hashing source, flags, compiler and CPU."""
+    from slimbench.optim import _native
+
+    monkeypatch.setenv("SLIMBENCH_CACHE", str(tmp_path))
+    first = _native.build()
+    mtime = first.stat().st_mtime_ns
+    assert first.parent == tmp_path / "kernels" and first.name.startswith("slimadam_")
+    assert _native.build() == first and first.stat().st_mtime_ns == mtime  # not rebuilt
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary left behind

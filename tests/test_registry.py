@@ -11,10 +11,18 @@ from torch import nn
 
 from slimbench import registry
 from slimbench.memory.presets import build_model
-from slimbench.registry import REGISTRY, OptimizerUnavailable, adam_mini_shape, available, build_optimizer
+from slimbench.registry import (
+    REGISTRY,
+    SHARED_ERROR_INPUTS,
+    OptimizerUnavailable,
+    adam_mini_shape,
+    available,
+    build_optimizer,
+)
 
 SPECS = list(REGISTRY.values())
 IDS = [s.name for s in SPECS]
+ERROR_CASES = [(s, e) for s in SPECS for e in s.error_inputs]
 
 
 def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,3 +220,34 @@ def test_bad_hyperparameters_are_one_clear_error_for_every_optimizer(name, kwarg
     model = nn.Linear(4, 3)
     with pytest.raises(ValueError, match=re.escape(f"optimizer '{name}': {match}")):
         build_optimizer(name, model, **{"lr": 1e-3, **kwargs})
+
+
+@pytest.mark.parametrize("spec, error", ERROR_CASES, ids=[f"{s.name}:{e.desc}" for s, e in ERROR_CASES])
+def test_declared_error_inputs_raise_their_error(spec, error, tiny_gpt):
+    """Each spec's error inputs fail at construction with the declared type and message, as torch's
+    ``ErrorOptimizerInput`` cases do; a bad value must never reach training."""
+    try:
+        with pytest.raises(error.error_type, match=error.match):
+            build_optimizer(spec.name, tiny_gpt, **{"lr": 1e-3, **error.kwargs})
+    except OptimizerUnavailable as e:  # only optimizer-specific checks get this far; shared ones fail earlier
+        pytest.skip(f"{spec.name} unavailable: {e.reason}")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_every_spec_declares_the_shared_error_inputs(spec):
+    """A new spec cannot skip the shared cases (lr < 0 first among them); descs name distinct test ids."""
+    negative_lr = SHARED_ERROR_INPUTS[0]
+    assert negative_lr.kwargs == {"lr": -1e-3} and negative_lr in spec.error_inputs
+    missing = [e.desc for e in SHARED_ERROR_INPUTS if e not in spec.error_inputs]
+    assert not missing, f"{spec.name} lacks shared error inputs {missing}"
+    descs = [e.desc for e in spec.error_inputs]
+    assert len(descs) == len(set(descs)), f"{spec.name}: duplicate error-input descs"
+
+
+def test_galore_rank_defaults_to_128_and_is_a_keyword():
+    """The default rank is unchanged; another rank comes through build_optimizer's keywords."""
+    model = build_model("gpt2-tiny", "meta")
+    ranks = [g["rank"] for g in build_optimizer("galore", model).param_groups if "rank" in g]
+    assert ranks == [128]
+    ranks = [g["rank"] for g in build_optimizer("galore", model, rank=16).param_groups if "rank" in g]
+    assert ranks == [16]

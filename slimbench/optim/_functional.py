@@ -131,8 +131,8 @@ def _multi_tensor_slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: 
 
 def slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
              state_steps: list[Tensor], dims: list[tuple[int, ...]], *, hp: AdamHyper,
-             foreach: bool = False, fused: bool = False) -> None:
-    """Functional SlimAdam: see :class:`slimbench.SlimAdam` for the algorithm and the ``fused`` path."""
+             foreach: bool = False, fused: bool = False, fused_backend: str = "auto") -> None:
+    """Functional SlimAdam: see :class:`slimbench.SlimAdam` for the algorithm and the ``fused`` paths."""
     if foreach and fused:
         raise ValueError("`fused` and `foreach` cannot be `True` together.")
     if not params:
@@ -140,7 +140,8 @@ def slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], 
     if fused:
         from slimbench.optim._fused import _fused_slimadam  # imports torch.compile machinery only when used
 
-        impl = _fused_slimadam
+        _fused_slimadam(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims, hp, fused_backend)
+        return
     else:
         impl = _multi_tensor_slimadam if foreach else _single_tensor_slimadam
     impl(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims, hp)

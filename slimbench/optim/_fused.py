@@ -90,9 +90,12 @@ def _mean_sq_leading(g: Tensor, dims: tuple[int, ...]) -> Tensor:
 
 def clear_cache() -> None:
     """Forget compiled graphs, fallback decisions and issued warnings (to time a cold compile; tests)."""
+    from slimbench.optim import _native
+
     _kernels.clear()
     _broken.clear()
     _warned.clear()
+    _native.clear_cache()
 
 
 def _bucket_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
@@ -178,10 +181,35 @@ def _compile_new() -> Callable:
     return torch.compile(fn, fullgraph=True, dynamic=False, options={"size_asserts": False})
 
 
+BACKENDS = ("auto", "compile")
+
+
+def _native_split(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                  state_steps: list[Tensor], dims: list[tuple[int, ...]], hp: AdamHyper) -> list[int]:
+    """Run the hand-written CPU kernel on every tensor it takes; return the indices of the rest."""
+    from slimbench.optim import _native
+
+    try:
+        return _native.step_where_possible(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims, hp)
+    except _native.NativeUnavailable as e:
+        _warn_once(f"SlimAdam(fused=True): the native CPU kernel is unavailable ({e}); using torch.compile instead")
+        return list(range(len(params)))
+
+
 def _fused_slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
                     exp_avg_sqs: list[Tensor], state_steps: list[Tensor],
-                    dims: list[tuple[int, ...]], hp: AdamHyper) -> None:
-    """SlimAdam with each (device, dtype) bucket's update one compiled graph (see the module docstring)."""
+                    dims: list[tuple[int, ...]], hp: AdamHyper, backend: str = "auto") -> None:
+    """SlimAdam fused: the native CPU kernel where it applies (backend "auto"), else one compiled graph
+    per (device, dtype) bucket (see the module docstring)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown fused backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "auto" and not (torch.compiler.is_compiling() or is_in_torch_dispatch_mode()):
+        rest = _native_split(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims, hp)
+        if not rest:
+            return
+        if len(rest) < len(params):
+            params, grads, exp_avgs, exp_avg_sqs, state_steps, dims = (
+                [lst[i] for i in rest] for lst in (params, grads, exp_avgs, exp_avg_sqs, state_steps, dims))
     keys = [(p.device, p.dtype) for p in params]
     if all(key == keys[0] for key in keys):  # the usual case: no bucketing work
         buckets = {keys[0]: (params, grads, exp_avgs, exp_avg_sqs, state_steps, dims)}

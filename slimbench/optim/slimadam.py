@@ -16,6 +16,8 @@ from slimbench.layers import parse_dims
 from slimbench.optim._functional import AdamHyper, reduced_shape, slimadam
 from slimbench.rules import Assignment, RulesLike, resolve
 
+FUSED_BACKENDS = ("auto", "compile")  # kept in step with slimbench.optim._fused.BACKENDS (tested)
+
 
 def check_adam_hyper(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
     """Validate like torch.optim.Adam: each message names the argument and the bad value."""
@@ -76,11 +78,16 @@ class SlimAdam(Optimizer):
             JSON path. See :mod:`slimbench.rules`.
         foreach: use the multi-tensor path (tensors grouped by device, dtype and K). None picks
             foreach on CPU/CUDA.
-        fused: compile each (device, dtype) bucket's whole update with ``torch.compile`` (C++/OpenMP
-            on CPU, Triton on GPU); see :mod:`slimbench.optim._fused`. The first step pays a one-off
-            compile (seconds to tens of seconds); hyperparameters and lr schedules never recompile. Falls
-            back to foreach, with one warning, where compiling is impossible. Cannot be combined with
-            ``foreach=True``. Default None (off).
+        fused: do each group's whole update in as few passes over memory as possible. On CPU, fp32 and
+            fp64 tensors go through a hand-written C/OpenMP kernel (:mod:`slimbench.optim._native`,
+            built with the system C compiler on first use, well under a second; no transient memory);
+            everything else (GPU, half precision, unusual K) is compiled per (device, dtype) bucket with
+            ``torch.compile`` (:mod:`slimbench.optim._fused`; a one-off compile of seconds to tens of
+            seconds; lr schedules never recompile). Each falls back, with one warning, to the next
+            (native -> compile -> foreach), never a crash. Cannot be combined with ``foreach=True``.
+            Default None (off).
+        fused_backend: ``"auto"`` (native kernel where it applies, else torch.compile) or
+            ``"compile"`` (torch.compile only, e.g. to compare the two). Default ``"auto"``.
         maximize: maximize the objective instead of minimizing (default False).
 
     Non-finite gradients are not skipped, exactly as in torch.optim.AdamW. Note the wider blast radius:
@@ -94,12 +101,15 @@ class SlimAdam(Optimizer):
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, rules: RulesLike = None,
-                 foreach: bool | None = None, fused: bool | None = None, maximize: bool = False) -> None:
+                 foreach: bool | None = None, fused: bool | None = None, fused_backend: str = "auto",
+                 maximize: bool = False) -> None:
         check_adam_hyper(lr, betas, eps, weight_decay)
         if fused and foreach:
             raise ValueError("`fused` and `foreach` cannot be `True` together.")
+        if fused_backend not in FUSED_BACKENDS:
+            raise ValueError(f"Invalid fused_backend: {fused_backend!r} (expected one of {FUSED_BACKENDS})")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach,
-                        fused=fused, maximize=maximize)
+                        fused=fused, fused_backend=fused_backend, maximize=maximize)
         self._rules = rules
         super().__init__(params, defaults)
         self.assignments: dict[str, Assignment] = self._assign_dims(rules)
@@ -187,5 +197,6 @@ class SlimAdam(Optimizer):
                                            else default_foreach(params))
             beta1, beta2 = group["betas"]
             hp = AdamHyper(group["lr"], beta1, beta2, group["eps"], group["weight_decay"], group["maximize"])
-            slimadam(params, grads, exp_avgs, exp_avg_sqs, steps, dims, hp=hp, foreach=foreach, fused=fused)
+            slimadam(params, grads, exp_avgs, exp_avg_sqs, steps, dims, hp=hp, foreach=foreach, fused=fused,
+                     fused_backend=group.get("fused_backend", "auto"))
         return loss

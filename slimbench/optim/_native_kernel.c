@@ -1,0 +1,143 @@
+/* SlimAdam's whole step for a bucket of CPU tensors, in as few passes over memory as the dims allow.
+ *
+ * Built and loaded by slimbench/optim/_native.py (gcc, -O3 -march=native -fopenmp), which documents the
+ * layout. Each tensor is viewed as (O, R, I) with K the middle R dims, so V has O*I entries:
+ *
+ *   R == 1  (K = (), Adam)      one pass: p, g, M, V read; p, M, V written.
+ *   I == 1  (K trailing: fan_in of a weight, both dims, the embedding dim of a table)
+ *           per row: sum G^2 over the row, update V's entry, then update the row while it is still in
+ *           L1/L2. G is read from memory once.
+ *   else    (K leading: fan_out, or a middle range)  per block of W columns of one o: sum G^2 down the
+ *           R rows of the block (eight rows at a time), update W entries of V, then update the block,
+ *           whose G is then still in L2/L3 when R * W * bytes is a few MiB (which the planner aims for).
+ *
+ * No heap allocation: the per-block sums and scales live on the stack (MAX_W entries). Sums of squares
+ * accumulate in double. Work items (tensor, o, lo, hi) are planned once per bucket structure in Python
+ * and split among threads by OpenMP (dynamic schedule; no team at all with one thread).
+ */
+#include <math.h>
+#include <stdint.h>
+
+#define MAX_W 2048
+
+typedef struct {
+    int64_t tensor, o, lo, hi;
+} Item;
+
+#define DEFINE_STEP(SUFFIX, T, SQRT)                                                                               \
+    static void adam_range_##SUFFIX(T *p, const T *g, T *m, T *v, int64_t lo, int64_t hi, T sign, T decay,   \
+                                    T w1, T b2, T w2, T neg_step, T bc2_sqrt, T eps) {                      \
+        _Pragma("omp simd")                                                                                  \
+        for (int64_t j = lo; j < hi; j++) {                                                                  \
+            T gj = sign * g[j];                                                                              \
+            T mj = m[j] + w1 * (gj - m[j]);                                                                  \
+            T vj = v[j] * b2 + w2 * (gj * gj);                                                               \
+            m[j] = mj;                                                                                       \
+            v[j] = vj;                                                                                       \
+            p[j] = p[j] * decay + neg_step * (mj / (SQRT(vj) / bc2_sqrt + eps));                            \
+        }                                                                                                    \
+    }                                                                                                        \
+                                                                                                             \
+    static void rows_##SUFFIX(T *p, const T *g, T *m, T *v, int64_t R, int64_t lo, int64_t hi, T sign,       \
+                              T decay, T w1, T b2, T w2, T neg_step, T bc2_sqrt, T eps) {                   \
+        for (int64_t r = lo; r < hi; r++) {                                                                  \
+            const T *gr = g + r * R;                                                                         \
+            T *pr = p + r * R, *mr = m + r * R;                                                              \
+            double s = 0.0;                                                                                  \
+            _Pragma("omp simd reduction(+ : s)")                                                             \
+            for (int64_t k = 0; k < R; k++) s += (double)gr[k] * (double)gr[k];                              \
+            T vr = v[r] * b2 + w2 * (T)(s / (double)R);                                                      \
+            v[r] = vr;                                                                                       \
+            T scale = neg_step / (SQRT(vr) / bc2_sqrt + eps);                                                \
+            _Pragma("omp simd")                                                                              \
+            for (int64_t k = 0; k < R; k++) {                                                                \
+                T mk = mr[k] + w1 * (sign * gr[k] - mr[k]);                                                  \
+                mr[k] = mk;                                                                                  \
+                pr[k] = pr[k] * decay + mk * scale;                                                          \
+            }                                                                                                \
+        }                                                                                                    \
+    }                                                                                                        \
+                                                                                                             \
+    static void columns_##SUFFIX(T *p, const T *g, T *m, T *v, int64_t R, int64_t I, int64_t o, int64_t lo,  \
+                                 int64_t hi, T sign, T decay, T w1, T b2, T w2, T neg_step, T bc2_sqrt,     \
+                                 T eps) {                                                                    \
+        double acc[MAX_W];                                                                                   \
+        T scale[MAX_W];                                                                                      \
+        const int64_t w = hi - lo, base = o * R * I + lo;                                                    \
+        for (int64_t c = 0; c < w; c++) acc[c] = 0.0;                                                        \
+        int64_t r = 0;                                                                                       \
+        /* Eight rows per pass over acc: eight memory streams in flight and 1/8 of acc's loads and stores \
+           (one row at a time ran at a third of the bandwidth). */                                           \
+        for (; r + 8 <= R; r += 8) {                                                                         \
+            const T *gr = g + base + r * I;                                                                  \
+            _Pragma("omp simd")                                                                              \
+            for (int64_t c = 0; c < w; c++) {                                                                \
+                double x0 = gr[c], x1 = gr[c + I], x2 = gr[c + 2 * I], x3 = gr[c + 3 * I];                   \
+                double x4 = gr[c + 4 * I], x5 = gr[c + 5 * I], x6 = gr[c + 6 * I], x7 = gr[c + 7 * I];       \
+                acc[c] += ((x0 * x0 + x1 * x1) + (x2 * x2 + x3 * x3)) + ((x4 * x4 + x5 * x5) + (x6 * x6 + x7 * x7)); \
+            }                                                                                                \
+        }                                                                                                    \
+        for (; r < R; r++) {                                                                                 \
+            const T *gr = g + base + r * I;                                                                  \
+            _Pragma("omp simd")                                                                              \
+            for (int64_t c = 0; c < w; c++) acc[c] += (double)gr[c] * (double)gr[c];                         \
+        }                                                                                                    \
+        T *vo = v + o * I + lo;                                                                              \
+        for (int64_t c = 0; c < w; c++) {                                                                    \
+            T vc = vo[c] * b2 + w2 * (T)(acc[c] / (double)R);                                                \
+            vo[c] = vc;                                                                                      \
+            scale[c] = neg_step / (SQRT(vc) / bc2_sqrt + eps);                                               \
+        }                                                                                                    \
+        for (r = 0; r < R; r++) {                                                                            \
+            const T *gr = g + base + r * I;                                                                  \
+            T *pr = p + base + r * I, *mr = m + base + r * I;                                                \
+            _Pragma("omp simd")                                                                              \
+            for (int64_t c = 0; c < w; c++) {                                                                \
+                T mc = mr[c] + w1 * (sign * gr[c] - mr[c]);                                                  \
+                mr[c] = mc;                                                                                  \
+                pr[c] = pr[c] * decay + mc * scale[c];                                                       \
+            }                                                                                                \
+        }                                                                                                    \
+    }                                                                                                        \
+                                                                                                             \
+    /* ptrs: 5 arrays of n pointers (p, g, m, v, step), step counters are float32 scalars.               \
+       shapes: n rows of (O, R, I). Returns 0. */                                                            \
+    int slimadam_step_##SUFFIX(int64_t n, void *const *ptrs, const int64_t *shapes, const Item *items,       \
+                               int64_t n_items, double lr, double beta1, double beta2, double eps,          \
+                               double weight_decay, int maximize, int threads) {                            \
+        T *const *P = (T *const *)ptrs;                                                                      \
+        const T *const *G = (const T *const *)(ptrs + n);                                                    \
+        T *const *M = (T *const *)(ptrs + 2 * n);                                                            \
+        T *const *V = (T *const *)(ptrs + 3 * n);                                                            \
+        float *const *S = (float *const *)(ptrs + 4 * n);                                                    \
+        /* Per-tensor scalars, in double as the for-loop computes them in Python, then rounded to T. */      \
+        T neg_step[n], bc2_sqrt[n];                                                                          \
+        for (int64_t i = 0; i < n; i++) {                                                                    \
+            *S[i] += 1.0f;                                                                                   \
+            double t = (double)*S[i];                                                                        \
+            neg_step[i] = (T)(-(lr / (1.0 - pow(beta1, t))));                                                \
+            bc2_sqrt[i] = (T)sqrt(1.0 - pow(beta2, t));                                                      \
+        }                                                                                                    \
+        const T sign = maximize ? (T)-1 : (T)1, decay = (T)(1.0 - lr * weight_decay), w1 = (T)(1.0 - beta1); \
+        const T b2 = (T)beta2, w2 = (T)(1.0 - beta2), e = (T)eps;                                            \
+        _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)")              \
+        for (int64_t k = 0; k < n_items; k++) {                                                              \
+            const Item it = items[k];                                                                        \
+            const int64_t i = it.tensor, R = shapes[3 * i + 1], I = shapes[3 * i + 2];                       \
+            if (R == 1)                                                                                      \
+                adam_range_##SUFFIX(P[i], G[i], M[i], V[i], it.lo, it.hi, sign, decay, w1, b2, w2,           \
+                                    neg_step[i], bc2_sqrt[i], e);                                            \
+            else if (I == 1)                                                                                 \
+                rows_##SUFFIX(P[i], G[i], M[i], V[i], R, it.lo, it.hi, sign, decay, w1, b2, w2, neg_step[i], \
+                              bc2_sqrt[i], e);                                                               \
+            else                                                                                             \
+                columns_##SUFFIX(P[i], G[i], M[i], V[i], R, I, it.o, it.lo, it.hi, sign, decay, w1, b2, w2,  \
+                                 neg_step[i], bc2_sqrt[i], e);                                               \
+        }                                                                                                    \
+        return 0;                                                                                            \
+    }
+
+DEFINE_STEP(f32, float, sqrtf)
+DEFINE_STEP(f64, double, sqrt)
+
+int slimadam_max_block(void) { return MAX_W; }
