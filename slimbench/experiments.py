@@ -13,8 +13,13 @@ an existing command, and the file it writes under the experiment's folder:
 
 A step whose output exists is skipped (sweeps resume run by run), so rerunning an experiment only computes
 what is missing, and ``analyze_only=True`` builds tables from whatever exists. The analysis reads the files
-back and returns tables and plot data; :func:`write_outputs` writes ``summary.json`` (every table, every
-finding, per-step wall times), ``tables.md`` and PNG plots. Nothing here prints.
+back and returns tables, plots to draw and findings; :func:`write_outputs` writes ``summary.json`` (every
+table, every finding, per-step wall times), ``tables.md`` and PNG plots. Nothing here prints.
+
+Tables and plots are slimbench.report's: loss vs lr, best lr, lr robustness, state bytes, U-curves and loss
+curves come from its rows and plot functions (the same numbers as ``python -m slimbench report`` on the
+runs), and every table renders as report.md renders one. What is left here is what only an experiment asks:
+which K each layer type prefers, gaps between rules choices, transfer between models.
 
 Each recipe has two sizes: ``quick`` (tiny models and a few dozen steps, for CI) and ``full`` (all six ran in
 about 43 minutes of compute on a shared 2-core CPU; see results/README.md for the commands and wall times).
@@ -28,19 +33,25 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Union
 
 import torch
 
-from slimbench.bench.results import RunResult, load_results, result_path
+from slimbench.bench.results import RunResult, result_path
 from slimbench.bench.sweep import SweepConfig, run_sweep
 from slimbench.io import write_json_atomic
 from slimbench.layers import PAPER_DIMS
+from slimbench.report.load import Collection, load
+from slimbench.report.tables import (Column, Table, half_range, lr_grid_columns, lr_grid_rows, lr_key, lr_rows,
+                                     lr_summary_rows, memory_rows, optimizer_label, table_from_lists)
 from slimbench.rules import save_rules
 from slimbench.snr.derive import ROLES, average_by_type, derive_rules, mean_snr, role, sweep_cutoffs
 from slimbench.snr.record import SNRRecord, load_snr
@@ -50,7 +61,7 @@ from slimbench.snr.tracker import Schedule
 from slimbench.tasks import build_task, get_spec
 
 EXPERIMENTS_FORMAT = "slimbench.experiment"
-EXPERIMENTS_VERSION = 1
+EXPERIMENTS_VERSION = 2  # 2: tables are slimbench.report tables (raw cell values), plots are {title, file}
 
 # ---------------------------------------------------------------------------------------------------------
 # Steps
@@ -184,59 +195,16 @@ def _with_warmup(task: str, preset: str, steps: int, overrides: Mapping[str, Any
 # ---------------------------------------------------------------------------------------------------------
 # Results of an analysis
 
-
-@dataclass
-class Table:
-    """One table: title, headers, rows (cells are numbers or text), and what it shows."""
-
-    title: str
-    headers: list[str]
-    rows: list[list[Any]]
-    note: str = ""
-
-    def to_dict(self) -> dict:
-        return {"title": self.title, "headers": self.headers, "rows": self.rows, "note": self.note}
-
-    def markdown(self) -> str:
-        def cell(x: Any) -> str:
-            if isinstance(x, float):
-                if math.isnan(x):
-                    return "nan"
-                if math.isinf(x):
-                    return "inf"
-                return f"{x:.4g}"
-            return "-" if x is None else str(x)
-
-        lines = [f"**{self.title}**", ""]
-        if self.note:
-            lines += [self.note, ""]
-        lines += ["| " + " | ".join(self.headers) + " |", "|" + "---|" * len(self.headers)]
-        lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in self.rows]
-        return "\n".join(lines)
-
-
-@dataclass
-class Plot:
-    """Plot data: one PNG, one or more panels, each a dict label -> (xs, ys)."""
-
-    file: str
-    title: str
-    xlabel: str
-    ylabel: str
-    panels: dict[str, dict[str, tuple[list[float], list[float]]]]
-    logx: bool = False
-    logy: bool = False
-
-    def to_dict(self) -> dict:
-        return {"file": self.file, "title": self.title, "xlabel": self.xlabel, "ylabel": self.ylabel,
-                "logx": self.logx, "logy": self.logy,
-                "panels": {p: {k: [list(x), list(y)] for k, (x, y) in s.items()} for p, s in self.panels.items()}}
+Draw = Callable[[Path], list[tuple[str, str]]]  # draws PNGs into a folder; returns (title, path) of each
 
 
 @dataclass
 class Analysis:
+    """Tables (slimbench.report Tables, rendered as report.md renders them), plots drawn by slimbench.report
+    into the experiment's folder, and the machine-readable findings."""
+
     tables: list[Table]
-    plots: list[Plot] = field(default_factory=list)
+    plots: list[Draw] = field(default_factory=list)
     findings: dict[str, Any] = field(default_factory=dict)  # machine-readable key results
     missing: list[str] = field(default_factory=list)  # outputs the analysis wanted but did not find
 
@@ -256,9 +224,10 @@ class Context:
         p = self.out / kind / (key if kind == "runs" else f"{key}.json")
         return p.exists()
 
-    def runs(self, key: str) -> list[RunResult]:
-        p = self.out / "runs" / key
-        return load_results(p) if p.exists() else []
+    def runs(self, *keys: str) -> Collection:
+        """The run results of sweeps ``keys``, read as the report reads them (none for a sweep not run)."""
+        folders = [self.out / "runs" / k for k in keys if (self.out / "runs" / k).exists()]
+        return load(folders) if folders else Collection()
 
     def rules(self, key: str) -> dict:
         return json.loads((self.out / "rules" / f"{key}.json").read_text())
@@ -284,6 +253,14 @@ PAPER_ROLE = {"query": "fan_in", "key": "fan_in", "value": "fan_out", "attn_out"
 ROLE_NAMES = {"fan_out": "K=(0,) fan_out", "fan_in": "K=(1,) fan_in", "both": "K=(0,1) both"}
 
 
+def _plots() -> ModuleType:
+    """slimbench.report.plots, imported only when an experiment is analysed: matplotlib would cost every CLI
+    start ~0.5 s (the CLI imports every subcommand)."""
+    from slimbench.report import plots
+
+    return plots
+
+
 def _best(per_role: Mapping[str, float]) -> tuple[str | None, float]:
     best, v = None, -math.inf
     for r in ROLES:
@@ -304,31 +281,38 @@ def _depth(name: str) -> int | None:
     return None
 
 
-def _mean(xs: Sequence[float]) -> float:
-    xs = [x for x in xs if x is not None and not math.isnan(x)]
-    return sum(xs) / len(xs) if xs else math.nan
+def _registry_names(c: Collection) -> dict[str, str]:
+    """Report optimizer label (``slimadam[<rules fingerprint>]``) -> registry name, for tables whose note
+    says which rules each sweep used."""
+    return {optimizer_label(i.data): i.data.config.optimizer for i in c.runs}
 
 
-def _val_by_opt_lr(results: Sequence[RunResult]) -> dict[str, dict[float, list[RunResult]]]:
-    out: dict[str, dict[float, list[RunResult]]] = defaultdict(lambda: defaultdict(list))
-    for r in results:
-        out[r.config.optimizer][r.config.lr].append(r)
-    return out
+def _lr_rows(c: Collection, task: str, optimizer: str | None = None) -> list[dict]:
+    """The report's loss-vs-lr rows of ``c`` under an experiment's labels: task ``task`` (pooling sweeps
+    that differ in an override, e.g. SM3 without weight decay) and ``optimizer`` or the registry name."""
+    names = _registry_names(c)
+    rows = lr_rows(c)
+    for r in rows:
+        r["task"], r["optimizer"] = task, optimizer or names[r["optimizer"]]
+    return rows
 
 
-def _final_val(rs: Sequence[RunResult]) -> tuple[float | None, int]:
-    """Mean final validation loss over seeds; None if any seed diverged. Second: number of seeds."""
-    vals = [r.summary["final_val_loss"] for r in rs]
-    if not vals or any(v is None for v in vals):
-        return None, len(vals)
-    return sum(vals) / len(vals), len(vals)
+def _state_bytes(c: Collection) -> dict[str, int]:
+    """Measured optimizer state bytes per optimizer (registry name), from the report's memory rows."""
+    names = _registry_names(c)
+    return {names[r["optimizer"]]: r["state_bytes"] for r in memory_rows(c)
+            if r["optimizer"] in names and r.get("state_bytes") is not None}
 
 
-def _spread(rs: Sequence[RunResult]) -> float | None:
-    vals = [r.summary["final_val_loss"] for r in rs]
-    if len(vals) < 2 or any(v is None for v in vals):
-        return None
-    return (max(vals) - min(vals)) / 2
+def _final(c: Collection) -> tuple[float | None, float | None]:
+    """(mean, half range) over seeds of the final loss of a sweep of one optimizer at one lr; (None, None)
+    when it has no runs or a seed diverged."""
+    rows = lr_rows(c)
+    if len(rows) > 1:
+        raise ValueError(f"expected runs of one optimizer at one lr, got {len(rows)} (optimizer, lr) cells")
+    if not rows or rows[0]["diverged"]:
+        return None, None
+    return rows[0]["final_mean"], half_range(rows[0])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -367,11 +351,12 @@ def analyze_snr_by_layer(ctx: Context, quick: bool) -> Analysis:
                      *(per_role.get(r, math.nan) for r in ROLES), best, paper or "-", verdict])
     n_norm = len([p for p in rec.params if p.layer_type in ("norm", "vector", "bias")])
     rows.append(["norm (1-D)", n_norm, None, None, None, "none (1-D, not tracked)", "none", "agree by construction"])
-    t1 = Table("SNR per layer type (mean over measured steps after the transient and over depth)",
-               ["layer type", "layers", *(ROLE_NAMES[r] for r in ROLES), "best K", "paper K", "agreement"], rows,
-               f"gpt {rec.run.get('task', {}).get('spec', {}).get('model')}, AdamW lr {rec.run.get('lr')}, "
-               f"{rec.run.get('steps_done')} steps, SNR averaged over steps > {skip}. For the embedding "
-               "(tokens, dim): fan_out = token dim, fan_in = embedding dim (the paper's 'embed').")
+    t1 = table_from_lists(
+        "SNR per layer type (mean over measured steps after the transient and over depth)",
+        ["layer type", "layers", *(ROLE_NAMES[r] for r in ROLES), "best K", "paper K", "agreement"], rows,
+        f"gpt {rec.run.get('task', {}).get('spec', {}).get('model')}, AdamW lr {rec.run.get('lr')}, "
+        f"{rec.run.get('steps_done')} steps, SNR averaged over steps > {skip}. For the embedding "
+        "(tokens, dim): fan_out = token dim, fan_in = embedding dim (the paper's 'embed').")
     means = mean_snr(rec, skip)
     info = {p.name: p for p in rec.params}
     depth_rows = []
@@ -387,14 +372,16 @@ def analyze_snr_by_layer(ctx: Context, quick: bool) -> Analysis:
                 xs, ys = panels[p.layer_type][r]
                 xs.append(d)
                 ys.append(per_role.get(r, math.nan))
-    t2 = Table("SNR per parameter (depth = block index)", ["parameter", "layer type", "depth",
-                                                          *(ROLE_NAMES[r] for r in ROLES), "best K"], depth_rows)
+    t2 = table_from_lists("SNR per parameter (depth = block index)",
+                          ["parameter", "layer type", "depth", *(ROLE_NAMES[r] for r in ROLES), "best K"], depth_rows)
     cut = sweep_cutoffs(rec, skip_steps=skip)
-    t3 = Table("Second moments saved vs SNR cutoff (per-parameter rules; paper Fig. 10 top)",
-               ["cutoff", "V saved", "matrices compressed"],
-               [[c.cutoff, f"{100 * c.saved_fraction:.1f}%", f"{c.compressed}/{c.tracked}"] for c in cut])
-    plot = Plot("snr-by-depth.png", "SNR per candidate K vs depth (gpt, small lr)", "block", "mean SNR",
-                {t: {ROLE_NAMES[r]: v for r, v in s.items()} for t, s in panels.items()}, logy=True)
+    t3 = table_from_lists("Second moments saved vs SNR cutoff (per-parameter rules; paper Fig. 10 top)",
+                          ["cutoff", "V saved", "matrices compressed"],
+                          [[c.cutoff, c.saved_fraction, f"{c.compressed}/{c.tracked}"] for c in cut],
+                          fmt=["g4", "pct", "str"])
+    plot = partial(_plots().line_panels, {t: {ROLE_NAMES[r]: v for r, v in s.items()} for t, s in panels.items()},
+                   name="snr-by-depth", title="SNR per candidate K vs depth (gpt, small lr)", xlabel="block",
+                   ylabel="mean SNR", logy=True)
     tables = [t1, t2, t3]
     missing = []
     if ctx.has("snr", "gpt-seed1"):
@@ -404,9 +391,9 @@ def analyze_snr_by_layer(ctx: Context, quick: bool) -> Analysis:
             b0, b1 = _best(per_role)[0], _best(other.get(t, {}))[0]
             rows.append([t, *(per_role.get(r, math.nan) for r in ROLES), b0,
                          *(other.get(t, {}).get(r, math.nan) for r in ROLES), b1, "same" if b0 == b1 else "differs"])
-        tables.insert(1, Table("Seed check: SNR per layer type with seed 0 and seed 1 (init and batches)",
-                               ["layer type", *(f"s0 {r}" for r in ROLES), "s0 best", *(f"s1 {r}" for r in ROLES),
-                                "s1 best", "best K"], rows))
+        tables.insert(1, table_from_lists("Seed check: SNR per layer type with seed 0 and seed 1 (init and batches)",
+                                          ["layer type", *(f"s0 {r}" for r in ROLES), "s0 best",
+                                           *(f"s1 {r}" for r in ROLES), "s1 best", "best K"], rows))
     else:
         missing.append("snr/gpt-seed1.json")
     return Analysis(tables, [plot], {"by_type": by_type, "agreement": agree,
@@ -448,18 +435,21 @@ def analyze_lr_vs_snr(ctx: Context, quick: bool) -> Analysis:
         rows.append([t, ROLE_NAMES[r0], *vals, f"{pairs}/{len(vals) - 1}", "yes" if vals[-1] < vals[0] else "no"])
         best_rows.append([t, *(f"{_best(means[lr][t])[0]} ({_best(means[lr][t])[1]:.3g})" for lr in have)])
         panel[t] = ([float(x) for x in have], vals)
-    saved = [[f"{lr:g}", f"{100 * derive_rules(recs[lr], 1.0, skip_steps=skip).saved_fraction:.1f}%",
+    saved = [[f"{lr:g}", derive_rules(recs[lr], 1.0, skip_steps=skip).saved_fraction,
               recs[lr].run.get("first_loss"), recs[lr].run.get("last_loss"), recs[lr].run.get("diverged_at")]
              for lr in have]
-    t1 = Table("SNR of the paper's K (embedding/pos: embed dim) per layer type vs peak lr",
-               ["layer type", "K", *(f"lr {lr:g}" for lr in have), "decreasing steps", "SNR(max lr) < SNR(min lr)"],
-               rows, f"gpt {_gpt_deep(quick)}, AdamW, {recs[have[0]].run.get('steps_done')} steps per lr, SNR "
-                     f"averaged over measured steps > {skip} and over depth.")
-    t2 = Table("Best K (its SNR) per layer type vs lr", ["layer type", *(f"lr {lr:g}" for lr in have)], best_rows)
-    t3 = Table("Second moments saved at cutoff 1 (per-parameter rules) and loss vs lr",
-               ["lr", "V saved", "first loss", "last loss (mean last 10)", "diverged at"], saved)
-    plot = Plot("snr-vs-lr.png", "SNR of the paper's K vs lr (gpt)", "peak lr", "mean SNR", {"all": panel},
-                logx=True, logy=True)
+    t1 = table_from_lists(
+        "SNR of the paper's K (embedding/pos: embed dim) per layer type vs peak lr",
+        ["layer type", "K", *(f"lr {lr:g}" for lr in have), "decreasing steps", "SNR(max lr) < SNR(min lr)"], rows,
+        f"gpt {_gpt_deep(quick)}, AdamW, {recs[have[0]].run.get('steps_done')} steps per lr, SNR averaged over "
+        f"measured steps > {skip} and over depth.")
+    t2 = table_from_lists("Best K (its SNR) per layer type vs lr", ["layer type", *(f"lr {lr:g}" for lr in have)],
+                          best_rows)
+    t3 = table_from_lists("Second moments saved at cutoff 1 (per-parameter rules) and loss vs lr",
+                          ["lr", "V saved", "first loss", "last loss (mean last 10)", "diverged at"], saved,
+                          fmt=["str", "pct", "g4", "g4", "g4"])
+    plot = partial(_plots().line_panels, {"all": panel}, name="snr-vs-lr", title="SNR of the paper's K vs lr (gpt)",
+                   xlabel="peak lr", ylabel="mean SNR", logx=True, logy=True)
     return Analysis([t1, t2, t3], [plot], {"falls_with_lr": falls, "by_lr": {f"{lr:g}": means[lr] for lr in have}},
                     missing)
 
@@ -513,36 +503,36 @@ def analyze_vocab(ctx: Context, quick: bool) -> Analysis:
             snr_rows.append(row)
         else:
             missing.append(f"snr/linear-lm-v{v}.json")
-        base_runs = ctx.runs(f"v{v}-adamw")
-        base, _ = _final_val(base_runs)
+        base, sp = _final(ctx.runs(f"v{v}-adamw"))
         if base is None:
             missing.append(f"runs/v{v}-adamw")
             continue
-        sp = _spread(base_runs)
-        row = [v, f"{base:.4f}" + (f" ±{sp:.4f}" if sp is not None else "")]
+        row = [v, (base, sp)]
         for emb, head in VOCAB_CHOICES:
-            rs = ctx.runs(f"v{v}-{_choice_key(emb, head)}")
-            val, n = _final_val(rs)
+            val, sp = _final(ctx.runs(f"v{v}-{_choice_key(emb, head)}"))
             gap = None if val is None else val - base
-            sp = _spread(rs)
-            row.append(None if gap is None else f"{gap:+.4f}" + (f" ±{sp:.4f}" if sp is not None else ""))
+            row.append(None if gap is None else (gap, sp))
             findings["gap"].setdefault(_choice_key(emb, head), {})[v] = gap
             if gap is not None:
                 xs, ys = panel[f"emb={emb}, head={head}"]
                 xs.append(v)
                 ys.append(gap)
         gap_rows.append(row)
-    t1 = Table("SNR of the embedding and head along the token dim (K=(0,)) and the embedding dim (K=(1,))",
-               ["vocab", "emb token-dim", "emb embed-dim", "head token-dim", "head embed-dim"], snr_rows,
-               f"linear-lm (token embedding + untied head, d_model 64), BPE Shakespeare, AdamW lr 3e-3, SNR "
-               f"averaged over measured steps > {skip}.")
-    t2 = Table("Final validation loss gap vs AdamW of each (K_embedding, K_head) choice (SlimAdam, lr 1e-2)",
-               ["vocab", "AdamW val loss", *(f"emb={e}, head={h}" for e, h in VOCAB_CHOICES)], gap_rows,
-               "gap = SlimAdam val loss - AdamW val loss (nats), mean over seeds (± half the range over seeds of that "
-               "optimizer's own val loss); positive = worse than Adam. Losses are nats per BPE token, so only gaps "
-               "within one vocabulary size compare (a larger-vocabulary token carries more text).")
-    plot = Plot("vocab-gap.png", "Loss gap vs Adam by vocabulary size (linear-lm)", "BPE vocabulary size",
-                "val loss gap (nats)", {"all": dict(panel)}, logx=True)
+    t1 = table_from_lists(
+        "SNR of the embedding and head along the token dim (K=(0,)) and the embedding dim (K=(1,))",
+        ["vocab", "emb token-dim", "emb embed-dim", "head token-dim", "head embed-dim"], snr_rows,
+        f"linear-lm (token embedding + untied head, d_model 64), BPE Shakespeare, AdamW lr 3e-3, SNR averaged over "
+        f"measured steps > {skip}.")
+    t2 = table_from_lists(
+        "Final validation loss gap vs AdamW of each (K_embedding, K_head) choice (SlimAdam, lr 1e-2)",
+        ["vocab", "AdamW val loss", *(f"emb={e}, head={h}" for e, h in VOCAB_CHOICES)], gap_rows,
+        "gap = SlimAdam val loss - AdamW val loss (nats), mean over seeds (± half the range over seeds of that "
+        "optimizer's own val loss); positive = worse than Adam. Losses are nats per BPE token, so only gaps within "
+        "one vocabulary size compare (a larger-vocabulary token carries more text).",
+        fmt=["g4", "pm"] + ["pm+"] * len(VOCAB_CHOICES))
+    plot = partial(_plots().line_panels, {"all": dict(panel)}, name="vocab-gap",
+                   title="Loss gap vs Adam by vocabulary size (linear-lm)", xlabel="BPE vocabulary size",
+                   ylabel="val loss gap (nats)", logx=True)
     return Analysis([t1, t2], [plot], findings, missing)
 
 
@@ -571,10 +561,11 @@ def analyze_init(ctx: Context, quick: bool) -> Analysis:
             rows.append([t, i, *(per.get(r, math.nan) for r in ROLES), best,
                          "residual projection" if t in ("attn_out", "mlp_down") else ""])
     losses = [[i, ctx.snr(f"gpt-{i}").run.get("first_loss"), ctx.snr(f"gpt-{i}").run.get("last_loss")] for i in have]
-    t1 = Table("SNR per layer type under Mitchell init (std 0.02, residual projections 0.02/sqrt(2L)) vs PyTorch "
-               "default init", ["layer type", "init", *(ROLE_NAMES[r] for r in ROLES), "best K", ""], rows,
-               f"gpt {_gpt_deep(quick)}, AdamW lr 3e-4, SNR averaged over measured steps > {skip} and over depth.")
-    t2 = Table("Training loss per init", ["init", "first loss", "last loss (mean last 10)"], losses)
+    t1 = table_from_lists(
+        "SNR per layer type under Mitchell init (std 0.02, residual projections 0.02/sqrt(2L)) vs PyTorch default "
+        "init", ["layer type", "init", *(ROLE_NAMES[r] for r in ROLES), "best K", ""], rows,
+        f"gpt {_gpt_deep(quick)}, AdamW lr 3e-4, SNR averaged over measured steps > {skip} and over depth.")
+    t2 = table_from_lists("Training loss per init", ["init", "first loss", "last loss (mean last 10)"], losses)
     return Analysis([t1, t2], [], {"by_init": means}, [f"snr/gpt-{i}.json" for i in INITS if i not in have])
 
 
@@ -619,88 +610,79 @@ def plan_headline(quick: bool) -> list[Step]:
 
 def analyze_headline(ctx: Context, quick: bool) -> Analysis:
     tables, plots, findings, missing = [], [], {}, []
+    known = (*HEADLINE_OPTIMIZERS, *NO_WEIGHT_DECAY)
     for h in (HEADLINE_QUICK if quick else HEADLINE_FULL):
-        results = ctx.runs(h.task) + ctx.runs(f"{h.task}-sm3")
-        if not results:
+        c = ctx.runs(h.task, f"{h.task}-sm3")
+        if not c.runs:
             missing.append(f"runs/{h.task}")
             continue
-        by = _val_by_opt_lr(results)
-        opts = [o for o in (*HEADLINE_OPTIMIZERS, *NO_WEIGHT_DECAY) if o in by]
-        failed = [o for o in (*HEADLINE_OPTIMIZERS, *NO_WEIGHT_DECAY) if o not in by]
-        rows, panel = [], {}
-        best: dict[str, tuple[float | None, float | None]] = {}
-        for o in opts:
-            cells, xs, ys = [], [], []
-            for lr in h.lrs:
-                rs = by[o].get(lr, [])
-                v, n = _final_val(rs)
-                if not rs:
-                    cells.append("not run")
-                elif v is None:
-                    cells.append("diverged")
-                else:
-                    sp = _spread(rs)
-                    cells.append(f"{v:.4f}" + (f" ±{sp:.4f}" if sp is not None else ""))
-                    xs.append(lr)
-                    ys.append(v)
-            ok = {lr: _final_val(by[o][lr])[0] for lr in by[o] if _final_val(by[o][lr])[0] is not None}
-            b = min(ok, key=ok.get) if ok else None
-            best[o] = (b, ok.get(b))
-            rows.append([o, *cells])
-            panel[o] = (xs, ys)
-        rows += [[o, *(["no result (run failed; see summary.json errors)"] + [""] * (len(h.lrs) - 1))]
-                 for o in failed]
-        seeds = max(len(rs) for per in by.values() for rs in per.values())
+        rows = _lr_rows(c, h.task)
+        grid = {g["optimizer"]: g for g in lr_grid_rows(rows, h.lrs)}
+        opts = [o for o in known if o in grid]
+        failed = [{"optimizer": o, lr_key(h.lrs[0]): "no result (run failed; see summary.json errors)"}
+                  for o in known if o not in grid]
+        seeds = max(r["seeds"] for r in rows)
         tables.append(Table(f"{h.task}: final validation loss vs peak lr (mean over seeds ± half-range)",
-                            ["optimizer", *(f"lr {lr:g}" for lr in h.lrs)], rows,
+                            lr_grid_columns(h.lrs), [grid[o] for o in opts] + failed,
                             f"{h.task}/tiny, {h.steps} steps, seeds {list(h.seeds)} ({seeds} per cell at most); "
                             f"SlimAdam uses rules derived by slimbench from an AdamW proxy run at lr {h.proxy_lr:g} "
                             "(cutoff 1, per parameter). 'diverged' = some seed's loss exceeded 3x its first loss "
                             "or was not finite."
-                            + (" SM3 runs with weight_decay 0 (it has none)." if "sm3" in by else "")))
+                            + (" SM3 runs with weight_decay 0 (it has none)." if "sm3" in grid else "")))
+        summary = {s["optimizer"]: s for s in lr_summary_rows(rows)}
+        best = {o: (summary[o]["best_lr"], summary[o]["best_loss"]) for o in opts}
         adam_best, adam_loss = best.get("adamw", (None, None))
-        mem = {o: _mean([r.summary["state_bytes"] for rs in by[o].values() for r in rs if r.summary["state_bytes"]])
-               for o in opts}
+        at_adam = {r["optimizer"]: None if r["diverged"] else r["final_mean"] for r in rows if r["lr"] == adam_best}
+        state = _state_bytes(c)
+        mem = {o: state.get(o) for o in opts}
         summary_rows = []
         for o in opts:
-            b, v = best[o]
-            at_adam = _final_val(by[o].get(adam_best, []))[0] if adam_best is not None else None
-            summary_rows.append([o, "-" if b is None else f"{b:g}", v,
-                                 None if v is None or adam_loss is None else v - adam_loss,
-                                 at_adam, None if at_adam is None or adam_loss is None else at_adam - adam_loss,
-                                 mem[o], None if not mem.get("adamw") else 100 * (1 - mem[o] / mem["adamw"])])
-        tables.append(Table(f"{h.task}: best lr, gap to AdamW, and optimizer state memory",
-                            ["optimizer", "best lr", "best val", "gap vs AdamW best",
-                             f"val at AdamW's best lr ({'-' if adam_best is None else f'{adam_best:g}'})",
-                             "gap at that lr", "state bytes", "state saved vs AdamW %"], summary_rows,
-                            "state bytes: the ledger's measured optimizer state after the first step (model "
-                            "parameters excluded)."))
-        step_panel: dict[str, tuple[list[float], list[float]]] = {}
-        step_rows = []
+            v, at = best[o][1], at_adam.get(o)
+            summary_rows.append({
+                "optimizer": o, "best_lr": best[o][0], "best": v, "at_adam": at,
+                "gap": None if v is None or adam_loss is None else v - adam_loss,
+                "at_adam_gap": None if at is None or adam_loss is None else at - adam_loss,
+                "state_bytes": mem[o], "robust_width": summary[o]["robust_width"],
+                "saved": None if mem[o] is None or not mem.get("adamw") else 100 * (1 - mem[o] / mem["adamw"])})
+        adam_lr = "-" if adam_best is None else f"{adam_best:g}"
+        columns = [Column("optimizer", "optimizer"), Column("best_lr", "best lr", "g"),
+                   Column("best", "best val", "g4"), Column("gap", "gap vs AdamW best", "g4"),
+                   Column("at_adam", f"val at AdamW's best lr ({adam_lr})", "g4"),
+                   Column("at_adam_gap", "gap at that lr", "g4"), Column("state_bytes", "state bytes", "int"),
+                   Column("saved", "state saved vs AdamW %", "g4"), Column("robust_width", "lr width (5%)", "x2")]
+        tables.append(Table(f"{h.task}: best lr, gap to AdamW, and optimizer state memory", columns, summary_rows,
+                            "lr width: hi / lo of the contiguous lrs around the best lr whose mean final val loss is "
+                            "within 5% of the best, none diverged (slimbench report's robustness). state bytes: the "
+                            "ledger's measured optimizer state after the first step (model parameters excluded)."))
+        plots.append(partial(_plots().lr_curves, rows))
         if adam_best is not None:
-            evals = None
-            for o in opts:
-                rs = by[o].get(adam_best, [])
-                if not rs or any(r.status != "finished" for r in rs):
-                    continue
-                steps = [v["step"] for v in rs[0].val]
-                mean = [_mean([r.val[i]["loss"] for r in rs]) for i in range(len(steps))]
-                evals = steps
-                step_rows.append([o, *mean])
-                step_panel[o] = (steps, mean)
-            if evals:
-                tables.append(Table(f"{h.task}: validation loss vs step at AdamW's best lr {adam_best:g}",
-                                    ["optimizer", *(f"step {s}" for s in evals)], step_rows))
-        plots.append(Plot(f"headline-{h.task}-loss-vs-lr.png", f"{h.task}: final val loss vs lr", "peak lr",
-                          "final val loss", {h.task: panel}, logx=True))
-        if step_panel:
-            plots.append(Plot(f"headline-{h.task}-loss-vs-step.png", f"{h.task}: val loss vs step at lr {adam_best:g}",
-                              "step", "val loss", {h.task: step_panel}))
+            at_best = Collection(runs=[i for i in c.runs if i.data.config.lr == adam_best])
+            step_table = _val_vs_step(at_best, opts, f"{h.task}: validation loss vs step at AdamW's best lr "
+                                                     f"{adam_best:g}")
+            if step_table.rows:
+                tables.append(step_table)
+                plots.append(partial(_plots().loss_curves, at_best, task_of=lambda r, t=h.task: t))
         if ctx.has("rules", f"{h.task}-proxy"):
             rules = ctx.rules(f"{h.task}-proxy")
             findings[f"{h.task}_proxy_rules_saved_fraction"] = rules["provenance"].get("derived", {}).get("saved_fraction")
         findings[h.task] = {"best": best, "state_bytes": mem, "adam_best_lr": adam_best}
     return Analysis(tables, plots, findings, missing)
+
+
+def _val_vs_step(c: Collection, opts: Sequence[str], title: str) -> Table:
+    """Validation loss (mean over seeds) at each evaluation step per optimizer whose runs all finished
+    (the report's loss-vs-step tables show the training loss)."""
+    by_opt: dict[str, list[RunResult]] = defaultdict(list)
+    for i in c.runs:
+        by_opt[i.data.config.optimizer].append(i.data)
+    rows, steps = [], []
+    for o in opts:
+        rs = by_opt.get(o, [])
+        if not rs or any(r.status != "finished" for r in rs):
+            continue
+        steps = [v["step"] for v in rs[0].val]
+        rows.append([o, *(statistics.fmean(r.val[k]["loss"] for r in rs) for k in range(len(steps)))])
+    return table_from_lists(title, ["optimizer", *(f"step {s}" for s in steps)], rows)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -740,48 +722,40 @@ def analyze_transfer(ctx: Context, quick: bool) -> Analysis:
             missing.append(f"rules/{k}.json")
     if choice:
         types = sorted({t for c in choice.values() for t in c}, key=list(PAPER_DIMS).index)
-        rows = [[t, choice.get("proxy", {}).get(t, "-"), choice.get("target", {}).get(t, "-"),
-                 PAPER_ROLE.get(t, "none"),
-                 "same" if choice.get("proxy", {}).get(t) == choice.get("target", {}).get(t) else "differs"]
-                for t in types]
+        k_rows = [[t, choice.get("proxy", {}).get(t, "-"), choice.get("target", {}).get(t, "-"),
+                   PAPER_ROLE.get(t, "none"),
+                   "same" if choice.get("proxy", {}).get(t) == choice.get("target", {}).get(t) else "differs"]
+                  for t in types]
         saved = {k: ctx.rules(k)["provenance"].get("derived", {}).get("saved_fraction") for k in choice}
-        tables.append(Table("Depth-averaged rules (K per layer type) from the proxy and from the target",
-                            ["layer type", "proxy K", "target K", "paper K", "proxy vs target"], rows,
-                            f"proxy gpt {TRANSFER_PROXY if not quick else 'quick'}, target gpt "
-                            f"{TRANSFER_TARGET if not quick else 'quick'}; both measured with AdamW at lr 3e-3. "
-                            f"V saved on its own model: proxy {saved.get('proxy')}, target {saved.get('target')}."))
+        tables.append(table_from_lists(
+            "Depth-averaged rules (K per layer type) from the proxy and from the target",
+            ["layer type", "proxy K", "target K", "paper K", "proxy vs target"], k_rows,
+            f"proxy gpt {TRANSFER_PROXY if not quick else 'quick'}, target gpt "
+            f"{TRANSFER_TARGET if not quick else 'quick'}; both measured with AdamW at lr 3e-3. "
+            f"V saved on its own model: proxy {saved.get('proxy')}, target {saved.get('target')}."))
     variants = ("adamw", "slimadam-proxy-rules", "slimadam-target-rules", "slimadam-paper-rules")
     lrs = (3e-3,) if quick else TRANSFER_LRS
-    rows, panel, findings = [], {}, {}
+    rows, state = [], {}
     for v in variants:
-        rs = ctx.runs(v)
-        if not rs:
+        c = ctx.runs(v)  # one sweep at a time: the proxy's and the target's rules may be the same file content
+        if not c.runs:
             missing.append(f"runs/{v}")
             continue
-        by = _val_by_opt_lr(rs)
-        per = next(iter(by.values()))
-        cells, xs, ys = [], [], []
-        for lr in lrs:
-            val, _ = _final_val(per.get(lr, []))
-            sp = _spread(per.get(lr, []))
-            cells.append("not run" if not per.get(lr) else "diverged" if val is None else
-                         f"{val:.4f}" + (f" ±{sp:.4f}" if sp is not None else ""))
-            if val is not None:
-                xs.append(lr)
-                ys.append(val)
-        state = _mean([r.summary["state_bytes"] for r in rs if r.summary["state_bytes"]])
-        rows.append([v, *cells, state])
-        panel[v] = (xs, ys)
-        findings[v] = dict(zip(xs, ys))
+        rows += _lr_rows(c, "target gpt", optimizer=v)
+        state[v] = next(iter(_state_bytes(c).values()), None)
+    grid = lr_grid_rows(rows, lrs)
+    for g in grid:
+        g["state_bytes"] = state[g["optimizer"]]
+    findings = {g["optimizer"]: {lr: g[lr_key(lr)][0] for lr in lrs if isinstance(g[lr_key(lr)], tuple)
+                                 and g[lr_key(lr)][0] is not None} for g in grid}
     same = "proxy" in choice and choice.get("proxy") == choice.get("target")
     tables.append(Table("Target model: final validation loss vs lr (mean over seeds ± half-range)",
-                        ["variant", *(f"lr {lr:g}" for lr in lrs), "state bytes"], rows,
+                        lr_grid_columns(lrs, label="variant") + [Column("state_bytes", "state bytes", "int")], grid,
                         "slimadam-paper-rules: the paper's rules by layer type (slimbench's 'paper' rules)."
                         + (" The proxy's and the target's rules are identical, so those two rows are the same "
                            "runs up to file names (runs are deterministic)." if same else "")))
-    plot = Plot("transfer-loss-vs-lr.png", "Rule transfer: target gpt val loss vs lr", "peak lr", "final val loss",
-                {"target": panel}, logx=True)
-    return Analysis(tables, [plot], {"final_val": findings, "rules": choice}, missing)
+    plots = [partial(_plots().lr_curves, rows)] if rows else []
+    return Analysis(tables, plots, {"final_val": findings, "rules": choice}, missing)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -921,10 +895,13 @@ def _merge_wall_times(path: Path, records: list[StepRecord]) -> list[dict]:
 
 
 def write_outputs(result: ExperimentResult, threads: int | None = 1) -> list[Path]:
-    """``summary.json`` (tables, findings, steps with commands and wall times), ``tables.md``, plots."""
+    """Plots (drawn by slimbench.report), ``summary.json`` (tables, findings, steps with commands and wall
+    times) and ``tables.md`` (the tables as report.md renders them)."""
     from slimbench.env import provenance
+    from slimbench.report.markdown import table_markdown  # loads matplotlib: see _plots
 
     out, a, exp = result.out, result.analysis, result.experiment
+    images = [(title, Path(path)) for draw in a.plots for title, path in draw(out)]
     summary_path = out / "summary.json"
     steps = _merge_wall_times(summary_path, result.steps)
     obj = {"format": EXPERIMENTS_FORMAT, "version": EXPERIMENTS_VERSION, "experiment": exp.name,
@@ -932,7 +909,8 @@ def write_outputs(result: ExperimentResult, threads: int | None = 1) -> list[Pat
            "command": f"python -m slimbench experiment {exp.name}" + (" --quick" if result.quick else ""),
            "threads": threads, "steps": steps,
            "compute_wall_time_s": sum(s["wall_time_s"] for s in steps),
-           "tables": [t.to_dict() for t in a.tables], "plots": [p.to_dict() for p in a.plots],
+           "tables": _jsonable([t.to_dict() for t in a.tables]),
+           "plots": [{"title": title, "file": path.name} for title, path in images],
            "findings": _jsonable(a.findings), "missing": a.missing,
            # errors of this invocation, plus those of steps that ran (with errors) in an earlier one
            "errors": result.errors + [m for s in steps if s["status"] == "ran with errors" and s not in
@@ -940,19 +918,19 @@ def write_outputs(result: ExperimentResult, threads: int | None = 1) -> list[Pat
            # the steps ran with `threads` torch threads (restored before this call, so record it here)
            "provenance": {**provenance(), **({"threads": threads} if threads else {})}}
     files = [write_json_atomic(summary_path, obj)]
-    md = [f"# {exp.title}", "", f"Paper: {exp.claim}", "", f"Command: `{obj['command']}` (torch threads: {threads}); "
-          f"compute wall time {obj['compute_wall_time_s']:.0f} s.", ""]
+    md = [f"# {exp.title}", "", f"Paper: {exp.claim}", "",
+          (f"Command: `{obj['command']}` (torch threads: {threads}); "
+           f"compute wall time {obj['compute_wall_time_s']:.0f} s."), ""]
     if a.missing:
         md += ["Missing outputs (not run or failed): " + ", ".join(a.missing), ""]
     for t in a.tables:
-        md += [t.markdown(), ""]
-    for p in a.plots:
-        md += [f"![{p.title}]({p.file})", ""]
+        md += [table_markdown(t, level=2), ""]
+    for title, path in images:
+        md += [f"![{title}]({path.name})", ""]
     tables_path = out / "tables.md"
     tables_path.write_text("\n".join(md))
     files.append(tables_path)
-    files += [f for f in (_render(p, out) for p in a.plots) if f is not None]
-    return files
+    return files + [path for _, path in images]
 
 
 def _jsonable(x: Any) -> Any:
@@ -963,44 +941,3 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
     return x
-
-
-def _render(plot: Plot, out: Path) -> Path | None:
-    """One PNG, one subplot per panel; None if matplotlib is missing or there is nothing to draw."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    panels = {k: v for k, v in plot.panels.items() if any(len(xs) for xs, _ in v.values())}
-    if not panels:
-        return None
-    n = len(panels)
-    cols = min(n, 4)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    for ax, (title, series) in zip(axes.flat, panels.items()):
-        for label, (xs, ys) in series.items():
-            pts = sorted((x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y) and
-                         (not plot.logy or y > 0))
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
-        ax.set_title(title if n > 1 else plot.title, fontsize=9)
-        ax.set_xlabel(plot.xlabel)
-        ax.set_ylabel(plot.ylabel)
-        if plot.logx:
-            ax.set_xscale("log")
-        if plot.logy:
-            ax.set_yscale("log")
-        ax.legend(fontsize=6)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    if n > 1:
-        fig.suptitle(plot.title, fontsize=10)
-    fig.tight_layout()
-    path = out / plot.file
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

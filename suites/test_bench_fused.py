@@ -5,12 +5,13 @@
     pytest suites/test_bench_fused.py --slimbench-threads 2 ...                       # the issue's 2 threads
     pytest suites/test_bench_fused.py --slimbench-device cuda ...                     # same code on a GPU
 
-About 1.5 minutes by default on 2 shared cores (most of it the fused path's cold compiles), 3-4 more with
+About 2 minutes by default on 2 shared cores (most of it the fused path's cold compiles), 3-4 more with
 the 30M case. Threads: the suites' default is 1 (suites/conftest.py), recorded as ``threads``.
 
 Cases: GPT-style parameter sets (:class:`slimbench.tasks.models.GPT`, tied head, SlimAdam with the paper's
-rules) of 1.08M, 4.26M (the issue's reference point) and 29.6M parameters, and five optimizer paths:
-AdamW fused / foreach, SlimAdam for-loop / foreach / fused. Hyperparameters: lr 1e-3, betas (0.9, 0.95),
+rules) of 1.08M, 4.26M (the issue's reference point) and 29.6M parameters, and six optimizer paths:
+AdamW fused / foreach, SlimAdam for-loop / foreach / fused (the default fused backend: the native C
+kernel on CPU, torch.compile on GPU) / compiled (``fused_backend="compile"``: torch.compile everywhere). Hyperparameters: lr 1e-3, betas (0.9, 0.95),
 weight decay 0.1; gradients drawn once per size (N(0, 1e-3^2)).
 
 Per size, a module fixture measures every path once, *interleaved* (each round times every path in a
@@ -27,17 +28,20 @@ rounds (its step time does not depend on the step count).
   * ``bytes_per_step`` / ``effective_GBps``: the minimal traffic of one step, each tensor read and written
     once, over the step time. Per parameter of n entries of b bytes: AdamW reads p, g, M, V and writes
     p, M, V: 7nb. SlimAdam reads p, g, M and its reduced V (n_V entries) and writes p, M, V:
-    5nb + 2 n_V b. (Implementations move more: the fused SlimAdam reads g a second time for the
-    reduction; foreach paths write and re-read temporaries. Effective bandwidth shows that cost.)
+    5nb + 2 n_V b. (Implementations move more: the native kernel re-reads g for a fan_out block from
+    cache, or from memory when the block outgrows the cache; the compiled SlimAdam reads g twice; foreach
+    paths write and re-read temporaries. Effective bandwidth shows that cost.)
   * ``transient_bytes``: the step's peak of new memory over its start, per path. CPU: peak resident set
     (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) in a fresh subprocess where glibc
     serves every allocation >= 4 KiB by mmap, so a freed temporary returns its pages and the next one is
     seen again; resolution one page, and the same method for every path, compiled or not.
     ``transient_bytes_dispatch`` adds slimbench.memory.profile.step_memory (a TorchDispatchMode) for
-    the paths it can see (not compiled code). CUDA: step_memory (the caching allocator's exact peak).
-  * ``compile_s``: the fused SlimAdam's one-off cost, first step minus a steady step, compiled cold
+    the paths it can see (not the fused ones, whose kernels it cannot look into). CUDA: step_memory (the
+    caching allocator's exact peak).
+  * ``compile_s``: the compiled SlimAdam's one-off cost, first step minus a steady step, compiled cold
     (inductor's caches disabled); ``compile_s_warm``: the same in the subprocess, where the on-disk
-    cache is warm (what a second process on the same machine pays).
+    cache is warm (what a second process on the same machine pays). ``native_build_s``: building the
+    native kernel from source with the C compiler (CPU only; once per machine, then cached on disk).
 """
 from __future__ import annotations
 
@@ -88,8 +92,10 @@ PATHS: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
     "slimadam_loop": lambda m: SlimAdam(_named(m), **HP, rules="paper", foreach=False),
     "slimadam_foreach": lambda m: SlimAdam(_named(m), **HP, rules="paper", foreach=True),
     "slimadam_fused": lambda m: SlimAdam(_named(m), **HP, rules="paper", fused=True),
+    "slimadam_compiled": lambda m: SlimAdam(_named(m), **HP, rules="paper", fused=True, fused_backend="compile"),
 }
 TARGETS = {"slimadam_fused/adamw_fused": 1.0, "slimadam_foreach/adamw_foreach": 0.75}
+INFO_RATIOS = ("slimadam_compiled/adamw_fused",)  # reported beside the targets, no target of their own
 
 
 def build_case(size: str, path: str, device: str, dtype: torch.dtype) -> torch.optim.Optimizer:
@@ -139,6 +145,7 @@ class Comparison:
     bytes_per_step: dict[str, int] = field(default_factory=dict)
     state_bytes: dict[str, int] = field(default_factory=dict)
     compile_s: float = 0.0
+    native_build_s: float | None = None
     first_step_s: dict[str, float] = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
 
@@ -155,6 +162,9 @@ class Comparison:
             r_min, r_med = self.ratio(a, b)
             ratios[name] = {"min": r_min, "median": r_med}
             met[name] = {"target": target, "met": r_min <= target}
+        for name in INFO_RATIOS:
+            r_min, r_med = self.ratio(*name.split("/"))
+            ratios[name] = {"min": r_min, "median": r_med}
         mem = self.memory.get("transient_bytes", {})
         if mem:
             for a, b in (("slimadam_fused", "adamw_fused"), ("slimadam_foreach", "adamw_foreach")):
@@ -166,7 +176,8 @@ class Comparison:
                 "ms_per_step": ms, "ratio": ratios, "targets_met": met,
                 "bytes_per_step": self.bytes_per_step, "state_bytes": self.state_bytes,
                 "effective_GBps": {p: self.bytes_per_step[p] / min(s) / 1e9 for p, s in self.seconds.items()},
-                "compile_s": self.compile_s, "first_step_s": self.first_step_s, **self.memory}
+                "compile_s": self.compile_s, "native_build_s": self.native_build_s,
+                "first_step_s": self.first_step_s, **self.memory}
 
 
 def compare(size: str, device: torch.device, dtype: torch.dtype) -> tuple[Comparison, dict]:
@@ -178,8 +189,9 @@ def compare(size: str, device: torch.device, dtype: torch.dtype) -> tuple[Compar
     n_params = sum(p.numel() for g in opts["adamw_fused"].param_groups for p in g["params"])
     comp = Comparison(size, n_params, str(device), str(dtype).removeprefix("torch."), torch.get_num_threads())
     _fused.clear_cache()
+    comp.native_build_s = native_build_seconds() if device.type == "cpu" else None
     for path, opt in opts.items():
-        if path == "slimadam_fused":  # the one-off compile, cold: inductor's on-disk caches off
+        if path == "slimadam_compiled":  # the one-off compile, cold: inductor's on-disk caches off
             with torch._inductor.config.patch(force_disable_caches=True):
                 comp.first_step_s[path] = _timed_steps(opt, 1, device)
         else:
@@ -193,10 +205,32 @@ def compare(size: str, device: torch.device, dtype: torch.dtype) -> tuple[Compar
     for r in range(s.rounds):
         for path in order[r % len(order):] + order[:r % len(order)]:
             comp.seconds[path].append(_timed_steps(opts[path], s.steps_per_round, device))
-    steady = min(comp.seconds["slimadam_fused"])
-    comp.compile_s = comp.first_step_s["slimadam_fused"] - steady
+    steady = min(comp.seconds["slimadam_compiled"])
+    comp.compile_s = comp.first_step_s["slimadam_compiled"] - steady
     comp.memory = transient_memory(size, device, dtype, opts)
     return comp, opts
+
+
+def native_build_seconds() -> float | None:
+    """Seconds to build the native kernel from source (into a scratch cache), or None where it cannot be built."""
+    import tempfile
+
+    from slimbench.optim import _native
+
+    with tempfile.TemporaryDirectory() as tmp:
+        before = os.environ.get("SLIMBENCH_CACHE")
+        os.environ["SLIMBENCH_CACHE"] = tmp
+        try:
+            t0 = time.perf_counter()
+            _native.build(force=True)
+            return time.perf_counter() - t0
+        except _native.NativeUnavailable:
+            return None
+        finally:
+            if before is None:
+                del os.environ["SLIMBENCH_CACHE"]
+            else:
+                os.environ["SLIMBENCH_CACHE"] = before
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -209,7 +243,8 @@ def transient_memory(size: str, device: torch.device, dtype: torch.dtype, opts: 
     if device.type == "cuda":
         return {"transient_bytes": {p: step_memory(o).transient_bytes for p, o in opts.items()},
                 "transient_method": METHOD_CUDA}
-    dispatch = {p: (None if p == "slimadam_fused" else step_memory(o).transient_bytes) for p, o in opts.items()}
+    dispatch = {p: (None if p in ("slimadam_fused", "slimadam_compiled") else step_memory(o).transient_bytes)
+                for p, o in opts.items()}
     out = {"transient_bytes_dispatch": dispatch}
     try:
         proc = subprocess.run([sys.executable, __file__, "--rss", size, str(dtype).removeprefix("torch.")],
@@ -247,7 +282,7 @@ def _rss_main(size: str, dtype_name: str) -> dict:
         opt = build_case(size, path, "cpu", dtype)
         opt.step()  # for the fused path: compiles, and fills inductor's on-disk cache if it was cold
         opt.step()
-        if path == "slimadam_fused":  # a second process's cost: compile again with the on-disk cache warm
+        if path == "slimadam_compiled":  # a second process's cost: compile again with the on-disk cache warm
             _fused.clear_cache()
             again = build_case(size, path, "cpu", dtype)
             t0 = time.perf_counter()

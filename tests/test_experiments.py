@@ -11,8 +11,23 @@ import pytest
 
 from slimbench.cli import main
 from slimbench.experiments import EXPERIMENTS, SweepStep, get_experiment, run_experiment
+from slimbench.report import load
+from slimbench.report.tables import lr_rows, lr_summary_rows
 
 FAST = ("snr-by-layer", "transfer")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """Each quick experiment run once per module: name -> ExperimentResult."""
+    done = {}
+
+    def get(name):
+        if name not in done:
+            done[name] = run_experiment(name, quick=True, out=tmp_path_factory.mktemp(name))
+        return done[name]
+
+    return get
 
 
 def _check(result, name):
@@ -23,22 +38,50 @@ def _check(result, name):
     assert not result.analysis.missing, result.analysis.missing
     assert not result.errors, result.errors
     assert all(s["status"] == "ran" for s in summary["steps"])
-    assert (result.out / "tables.md").read_text().startswith("# ")
-    for t in result.analysis.tables:
-        assert all(len(r) == len(t.headers) for r in t.rows), t.title
+    md = (result.out / "tables.md").read_text()
+    assert md.startswith("# ")
+    # summary.json and tables.md hold every table (raw values, one per header) and every plot drawn
+    assert [t["title"] for t in summary["tables"]] == [t.title for t in result.analysis.tables]
+    for t in summary["tables"]:
+        assert f"## {t['title']}" in md and all(len(r) == len(t["headers"]) for r in t["rows"]), t["title"]
+    for p in summary["plots"]:
+        assert (result.out / p["file"]).stat().st_size > 0 and f"]({p['file']})" in md
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in FAST else [pytest.mark.slow])
                                   for n in EXPERIMENTS])
-def test_quick_variant_runs(name, tmp_path):
-    result = run_experiment(name, quick=True, out=tmp_path / name)
-    _check(result, name)
+def test_quick_variant_runs(name, quick):
+    _check(quick(name), name)
+
+
+def test_transfer_loss_vs_lr_is_the_reports(quick):
+    """The loss-vs-lr table and plot are slimbench.report's rows and U-curve, not a second computation."""
+    result = quick("transfer")
+    (grid,) = [t for t in result.analysis.tables if t.title.startswith("Target model")]
+    for row in grid.rows:
+        (ref,) = lr_rows(load([result.out / "runs" / row["optimizer"]]))
+        assert row[f"lr{ref['lr']:g}"] == (ref["final_mean"], None)  # one seed: no half-range
+        assert row["state_bytes"] > 0
+    assert (result.out / "lr-target-gpt.png").exists()
+
+
+@pytest.mark.slow
+def test_headline_best_lr_and_width_are_the_reports(quick):
+    result = quick("headline")
+    (best,) = [t for t in result.analysis.tables if t.title.endswith("optimizer state memory")]
+    ref = {s["optimizer"].split("[")[0]: s for s in lr_summary_rows(lr_rows(load([result.out / "runs" / "gpt"])))}
+    for row in best.rows:
+        assert (row["best_lr"], row["best"], row["robust_width"]) == (
+            ref[row["optimizer"]]["best_lr"], ref[row["optimizer"]]["best_loss"], ref[row["optimizer"]]["robust_width"])
+    adam_best = result.analysis.findings["gpt"]["adam_best_lr"]
+    assert adam_best == ref["adamw"]["best_lr"]
+    assert {"lr-gpt.png", f"steps-gpt-lr{adam_best:g}.png"} <= {p.name for p in result.files}
 
 
 def test_snr_by_layer_rows_and_resume(tmp_path):
     out = tmp_path / "e1"
     first = run_experiment("snr-by-layer", quick=True, out=out)
-    types = [r[0] for r in first.analysis.tables[0].rows]
+    types = [r[0] for r in first.analysis.tables[0].values()]
     assert {"query", "key", "value", "attn_out", "mlp_up", "mlp_down", "embedding"} <= set(types)
     assert types[-1] == "norm (1-D)"
     # Rerunning computes nothing: every step's output exists, and the wall time of the first run is kept.
@@ -62,7 +105,7 @@ def test_plans_use_existing_commands(tmp_path):
         for quick in (True, False):
             for step in exp.plan(quick):
                 cmd = step.command(tmp_path)
-                assert cmd.startswith("python -m slimbench ") or cmd.startswith("(rules file"), cmd
+                assert cmd.startswith(("python -m slimbench ", "(rules file")), cmd
                 if isinstance(step, SweepStep):
                     step.sweep(tmp_path).runs()  # validates task, settings and optimizer names
 

@@ -10,9 +10,11 @@ from slimbench.cli import main
 from slimbench.io import FormatError
 from slimbench.report import load
 from slimbench.report.load import Collection, Item
-from slimbench.report.markdown import SourceIndex, write_report
-from slimbench.report.tables import (Options, build_sections, default_steps, lr_rows, lr_summary_rows, memory_rows,
-                                     snr_rows, step_tables, step_time_rows)
+from slimbench.report.markdown import SourceIndex, table_markdown, write_report
+from slimbench.report.plots import line_panels
+from slimbench.report.tables import (Options, Table, build_sections, default_steps, format_value, lr_grid_columns,
+                                     lr_grid_rows, lr_rows, lr_summary_rows, memory_rows, snr_rows, step_tables,
+                                     step_time_rows, table_from_lists)
 from slimbench.snr.derive import derive_rules
 from slimbench.snr.record import ParamInfo, SNRRecord
 from synthetic_results import bench_entry, make_run, write_bench, write_json, write_runs
@@ -104,6 +106,45 @@ def test_robustness_is_the_contiguous_range_within_tolerance(tmp_path):
     assert s["robust_width"] == pytest.approx(1e-2 / 3e-3)
     tight = {s["optimizer"]: s for s in lr_summary_rows(lr_rows(c), Options(within=0.01))}
     assert tight["adamw"]["robust_width"] == 1.0
+
+
+def test_lr_grid_cells_mean_and_half_range_diverged_and_not_run(tmp_path):
+    rows = lr_rows(load([_sweep(tmp_path)]))
+    grid = {g["optimizer"]: g for g in lr_grid_rows(rows, (1e-3, 3e-3, 3e-2, 1e-1))}
+    mean, half = grid["adamw"]["lr0.003"]
+    assert mean == pytest.approx(2.01) and half == pytest.approx(0.01)  # seeds 2.00 and 2.02
+    assert grid["slimadam"]["lr0.03"] == "diverged" and grid["adamw"]["lr0.1"] == "not run"
+    assert "lr0.01" not in grid["adamw"]  # an lr outside the grid's columns is left out
+    table = Table("t", lr_grid_columns((3e-3, 3e-2)), list(grid.values()))
+    headers, cells = table.cells()
+    assert headers == ["optimizer", "lr 0.003", "lr 0.03"]
+    assert cells[0] == ["adamw", "2.0100 ± 0.0100", "2.5100 ± 0.0100"] and cells[1][2] == "diverged"
+
+
+def test_table_from_lists_formats_and_renders_like_the_report():
+    t = table_from_lists("Gaps", ["vocab", "gap", "V saved", "snr"],
+                         [[4096, (0.0213, 0.004), 0.982, 0.04313], [256, None, 0.5, float("nan")]],
+                         note="a note", fmt=["g4", "pm+", "pct", "g4"])
+    assert t.headers == ["vocab", "gap", "V saved", "snr"] and t.values()[0][0] == 4096
+    assert t.cells()[1] == [["4096", "+0.0213 ± 0.0040", "98.2%", "0.04313"], ["256", "-", "50.0%", "-"]]
+    md = table_markdown(t, level=2)
+    assert md.startswith("## Gaps\n\n| vocab") and md.endswith("*a note*") and "| +0.0213 ± 0.0040 |" in md
+    assert t.to_dict()["rows"][0] == [4096, (0.0213, 0.004), 0.982, 0.04313]
+    with pytest.raises(ValueError, match="a row has 1 cells for 4 columns"):
+        table_from_lists("Bad", ["a", "b", "c", "d"], [[1]])
+    with pytest.raises(ValueError, match="2 formats for 4 columns"):
+        table_from_lists("Bad", ["a", "b", "c", "d"], [], fmt=["g4", "g4"])
+    assert format_value(1234.5678, "g4") == "1235" and format_value(12345, "g4") == "12345"
+
+
+def test_line_panels_draw_finite_points_and_skip_empty_figures(tmp_path):
+    panels = {"query": {"fan_in": ([0, 1, 2], [1.0, float("nan"), 3.0]), "both": ([0, 1], [None, -1.0])},
+              "empty": {"fan_out": ([0], [None])}}
+    ((title, path),) = line_panels(panels, tmp_path, "snr-by-depth", "SNR vs depth", "block", "SNR", logy=True)
+    assert title == "SNR vs depth" and path.endswith("snr-by-depth.png")
+    assert (tmp_path / "snr-by-depth.png").stat().st_size > 0
+    assert line_panels({"empty": {"x": ([1.0], [float("inf")])}}, tmp_path / "none", "n", "t", "x", "y") == []
+    assert not (tmp_path / "none").exists()
 
 
 def test_loss_at_steps_and_divergence_marker(tmp_path):

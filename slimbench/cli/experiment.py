@@ -70,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     result = run_experiment(exp.name, quick=args.quick, out=args.out, analyze_only=args.analyze_only,
                             threads=args.threads, on_step=on_step, on_event=on_event)
+    # imported here: it loads matplotlib, which the other commands skip
+    from slimbench.report.markdown import render_table
+
     print(f"# {exp.title}" + (" (quick)" if args.quick else ""))
     print(f"paper: {exp.claim}")
     for t in result.analysis.tables:
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         print(t.title)
         if t.note:
             print(t.note)
-        print(tabulate(t.rows, headers=t.headers, floatfmt=".4g", missingval="-"))
+        print(render_table(t, None, fmt="simple"))
     if result.analysis.missing:
         print(f"\nmissing: {', '.join(result.analysis.missing)}")
     for e in result.errors:

@@ -58,6 +58,15 @@ def render_table(table: Table, index: SourceIndex | None, fmt: str = "github") -
     return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
 
 
+def table_markdown(table: Table, index: SourceIndex | None = None, level: int = 3) -> str:
+    """A table as a report shows it: its title as a heading, the table, its note in italics.
+
+    Used for report.md and for any other Markdown of tables (an experiment's tables.md), so they match.
+    """
+    text = f"{'#' * level} {table.title}\n\n{render_table(table, index)}"
+    return text + (f"\n\n*{table.note}*" if table.note else "")
+
+
 def render(sections: Sequence[Section], index: SourceIndex, images: dict[str, list[tuple[str, str]]],
            out_dir: Path, header: str, skipped: Sequence[tuple[str, str]]) -> str:
     """The Markdown text of a report (pure: no files touched)."""
@@ -67,9 +76,7 @@ def render(sections: Sequence[Section], index: SourceIndex, images: dict[str, li
         if sec.text:
             lines += [sec.text, ""]
         for table in sec.tables:
-            lines += [f"### {table.title}", "", render_table(table, index), ""]
-            if table.note:
-                lines += [f"*{table.note}*", ""]
+            lines += [table_markdown(table, index), ""]
         for title, path in images.get(sec.key, []):
             rel = Path(path).resolve().relative_to(out_dir.resolve()) if Path(path).resolve().is_relative_to(
                 out_dir.resolve()) else Path(path)

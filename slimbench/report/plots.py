@@ -1,4 +1,5 @@
-"""Report plots (matplotlib, Agg canvas, no pyplot state): loss-vs-lr U-curves, loss-vs-step curves, memory bars.
+"""Report plots (matplotlib, Agg canvas, no pyplot state): loss-vs-lr U-curves, loss-vs-step curves, memory bars,
+and :func:`line_panels` for any other named series (an experiment's SNR vs depth, say).
 
 Each function takes rows from :mod:`slimbench.report.tables` (or the collection for curves), writes PNGs
 into a folder, and returns ``[(title, path)]``. Figures are built on ``matplotlib.figure.Figure`` with an
@@ -9,12 +10,13 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from slimbench.bench.results import RunResult
 from slimbench.report.load import Collection
 from slimbench.report.tables import MIB, optimizer_label, task_label
 
@@ -76,12 +78,17 @@ def _smooth(values: Sequence[float | None], window: int) -> list[float | None]:
     return out
 
 
-def loss_curves(c: Collection, out: str | Path, max_plots: int = 24) -> list[tuple[str, str]]:
-    """Per task and lr: training loss (smoothed, mean over seeds) vs step per optimizer; validation dots."""
+def loss_curves(c: Collection, out: str | Path, max_plots: int = 24,
+                task_of: Callable[[RunResult], str] = task_label) -> list[tuple[str, str]]:
+    """Per task and lr: training loss (smoothed, mean over seeds) vs step per optimizer; validation dots.
+
+    ``task_of`` names the task of a run: runs with the same name and lr share a plot (an experiment may
+    pool sweeps that differ in an override, e.g. an optimizer without weight decay).
+    """
     groups: dict[tuple[str, float], dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for item in c.runs:
         r = item.data
-        groups[(task_label(r), r.config.lr)][optimizer_label(r)].append(r)
+        groups[(task_of(r), r.config.lr)][optimizer_label(r)].append(r)
     written = []
     for (task, lr), per_opt in sorted(groups.items())[:max_plots]:
         fig = Figure(figsize=(6.4, 4.2))
@@ -142,3 +149,45 @@ def memory_bars(rows: Sequence[dict], out: str | Path) -> list[tuple[str, str]]:
         ax.grid(axis="y", alpha=0.3)
         written.append((f"Memory: {ctx}", _save(fig, Path(out), f"memory-{ctx}")))
     return written
+
+
+Series = Mapping[str, tuple[Sequence[float], Sequence[float | None]]]  # label -> (xs, ys)
+
+
+def line_panels(panels: Mapping[str, Series], out: str | Path, name: str, title: str, xlabel: str, ylabel: str,
+                *, logx: bool = False, logy: bool = False) -> list[tuple[str, str]]:
+    """One PNG ``name``.png of line plots, one subplot per panel (4 across), one line per series.
+
+    For figures that are not one of the report's own. Points with a missing or non-finite y (or y <= 0 on
+    a log y axis) are left out; panels without a point are dropped, and nothing is written without any.
+    """
+    def points(xs: Sequence[float], ys: Sequence[float | None]) -> list[tuple[float, float]]:
+        return sorted((x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y) and (not logy or y > 0))
+
+    drawn = {p: {label: pts for label, (xs, ys) in series.items() if (pts := points(xs, ys))}
+             for p, series in panels.items()}
+    drawn = {p: s for p, s in drawn.items() if s}
+    if not drawn:
+        return []
+    n = len(drawn)
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, (panel, series) in zip(axes.flat, drawn.items()):
+        for label, pts in series.items():
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", ms=3, label=label)
+        ax.set_title(panel if n > 1 else title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if n > 1:
+        fig.suptitle(title, fontsize=10)
+    return [(title, _save(fig, Path(out), name))]

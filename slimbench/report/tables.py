@@ -53,6 +53,17 @@ class Table:
     rows: list[dict]
     note: str = ""
 
+    @property
+    def headers(self) -> list[str]:
+        return [c.header for c in self.columns]
+
+    def values(self) -> list[list[Any]]:
+        """Raw cell values in column order (for JSON: numbers keep their precision, unlike :meth:`cells`)."""
+        return [[r.get(c.key) for c in self.columns] for r in self.rows]
+
+    def to_dict(self) -> dict:
+        return {"title": self.title, "headers": self.headers, "rows": self.values(), "note": self.note}
+
     def cells(self, source_ref: Callable[[Sequence[str]], str] | None = None) -> tuple[list[str], list[list[str]]]:
         """(headers, formatted rows); a 'src' column of source references when ``source_ref`` is given."""
         headers = [c.header for c in self.columns]
@@ -87,7 +98,8 @@ def _finite(x: Any) -> bool:
 
 
 def format_value(v: Any, fmt: str = "str") -> str:
-    """Cell text: '-' for missing. fmt: str, int, g, f3, f4, mib, x2, pct, ms, bool, pm (mean, std), lrs."""
+    """Cell text: '-' for missing. fmt: str, int, g, g4, f3, f4, mib, x2, pct, ms, bool, lrs, and
+    pm / pm+ for a pair (mean, spread) shown as 'mean ± spread' (pm+: the mean signed, for gaps)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if isinstance(v, str):  # text in a numeric column ("div@12") is shown as is
@@ -96,6 +108,8 @@ def format_value(v: Any, fmt: str = "str") -> str:
         return f"{int(v):,}"
     if fmt == "g":
         return f"{v:g}"
+    if fmt == "g4":  # 4 significant digits for floats; integers (counts, sizes) in full
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
     if fmt in ("f2", "f3", "f4"):
         return f"{v:.{fmt[1]}f}"
     if fmt == "mib":
@@ -108,14 +122,31 @@ def format_value(v: Any, fmt: str = "str") -> str:
         return f"{1e3 * v:.2f}"
     if fmt == "bool":
         return "yes" if v else "no"
-    if fmt == "pm":
-        mean, std = v
+    if fmt in ("pm", "pm+"):
+        mean, spread = v
         if mean is None:
             return "-"
-        return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+        return f"{mean:{'+' if fmt == 'pm+' else ''}.4f}" + (f" ± {spread:.4f}" if spread is not None else "")
     if fmt == "lrs":
         return ", ".join(f"{x:g}" for x in v) or "-"
     return str(v)
+
+
+def table_from_lists(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], note: str = "",
+                     fmt: str | Sequence[str] = "g4") -> Table:
+    """A :class:`Table` from positional rows (one cell per header), for tables that are not one of the
+    report's sections (e.g. an experiment's own comparison), so they render and serialise like the rest.
+
+    ``fmt``: one :func:`format_value` format for every column, or one per column.
+    """
+    fmts = [fmt] * len(headers) if isinstance(fmt, str) else list(fmt)
+    if len(fmts) != len(headers):
+        raise ValueError(f"{title!r}: {len(fmts)} formats for {len(headers)} columns")
+    columns = [Column(f"c{i}", h, f) for i, (h, f) in enumerate(zip(headers, fmts))]
+    for r in rows:
+        if len(r) != len(columns):
+            raise ValueError(f"{title!r}: a row has {len(r)} cells for {len(columns)} columns: {list(r)!r}")
+    return Table(title, columns, [{c.key: v for c, v in zip(columns, r)} for r in rows], note)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -297,6 +328,42 @@ def lr_summary_rows(rows: Sequence[dict], opts: Options = Options()) -> list[dic
                     "diverged_lrs": [r["lr"] for r in rs if r["diverged"]],
                     "sources": sorted({p for r in rs for p in r["sources"]})})
     return out
+
+
+def half_range(row: dict) -> float | None:
+    """Half the min..max range of an lr row's final loss over its seeds; None for one seed or a divergence."""
+    if row["seeds"] < 2 or row["diverged"] or row["final_min"] is None:
+        return None
+    return (row["final_max"] - row["final_min"]) / 2
+
+
+def lr_grid_rows(rows: Sequence[dict], lrs: Sequence[float]) -> list[dict]:
+    """Loss vs lr as a grid: one row per (task, optimizer) of :func:`lr_rows`, one cell per lr in ``lrs``.
+
+    A cell ``lr<lr:g>`` is (mean final loss, :func:`half_range`) over seeds (format 'pm'), 'diverged' when
+    a seed diverged (a diverged seed disqualifies its lr, as for the best lr) and 'not run' without runs.
+    Rows keep the order of ``rows``.
+    """
+    grid: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        g = grid.setdefault((r["task"], r["optimizer"]), {"task": r["task"], "optimizer": r["optimizer"],
+                                                         "sources": []})
+        g["sources"] = g["sources"] + r["sources"]
+        if r["lr"] in lrs:
+            g[lr_key(r["lr"])] = "diverged" if r["diverged"] else (r["final_mean"], half_range(r))
+    for g in grid.values():
+        for lr in lrs:
+            g.setdefault(lr_key(lr), "not run")
+    return list(grid.values())
+
+
+def lr_key(lr: float) -> str:
+    """The row key of an lr's cell in :func:`lr_grid_rows`."""
+    return f"lr{lr:g}"
+
+
+def lr_grid_columns(lrs: Sequence[float], label: str = "optimizer") -> list[Column]:
+    return [Column("optimizer", label)] + [Column(lr_key(lr), f"lr {lr:g}", "pm") for lr in lrs]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -498,29 +565,75 @@ STEP_COLUMNS = [Column("group", "case"), Column("optimizer", "optimizer"), Colum
                 Column("device", "device"), Column("threads", "threads", "int")]
 
 
-def fused_rows(c: Collection) -> list[dict]:
-    """The fused-kernel suite (kind fused_step): one row per size and path, from its interleaved comparison."""
-    rows, seen = [], set()
+def _fused_entries(c: Collection) -> list[tuple[str, dict]]:
+    """One (source, extra_info) per (file, size): every test of a size carries the same comparison."""
+    out, seen = [], set()
     for path, b in _bench_entries(c, "fused_step"):
         e = b["extra_info"]
-        key = (path, e.get("size"))
-        if key in seen:
-            continue
-        seen.add(key)
-        ratios = ", ".join(f"{k} {v.get('min', float('nan')):.2f}" for k, v in (e.get("ratio") or {}).items())
-        for j, (p, ms) in enumerate((e.get("ms_per_step") or {}).items()):
-            rows.append({"size": e.get("size"), "path": p, "n_params": e.get("n_params"),
+        if (path, e.get("size"), e.get("threads")) not in seen:
+            seen.add((path, e.get("size"), e.get("threads")))
+            out.append((path, e))
+    return out
+
+
+def _fused_case(e: dict, source: str) -> dict:
+    """The fields every fused-suite row starts with: which case, where, and the file it came from."""
+    return {"size": e.get("size"), "threads": e.get("threads"), "device": e.get("device"), "sources": [source]}
+
+
+def _reference_path(path: str) -> str:
+    """The AdamW path a SlimAdam path is compared with: fused with fused, everything else with foreach."""
+    return "adamw_fused" if path.endswith(("_fused", "_compiled")) else "adamw_foreach"
+
+
+def fused_rows(c: Collection) -> list[dict]:
+    """The fused-kernel suite (kind fused_step): one row per size and path, from its interleaved comparison.
+
+    ``vs AdamW`` divides by the AdamW path of the same kind measured in the same rounds (fused SlimAdam
+    by fused AdamW, the others by foreach AdamW), minima over minima as the suite does."""
+    rows = []
+    for path, e in _fused_entries(c):
+        ms_all = e.get("ms_per_step") or {}
+        transient = e.get("transient_bytes") if isinstance(e.get("transient_bytes"), dict) else {}
+        for p, ms in ms_all.items():
+            ref = ms_all.get(_reference_path(p), {}) if p.startswith("slimadam") else {}
+            rows.append({**_fused_case(e, path), "path": p, "n_params": e.get("n_params"),
                          "min_s": ms.get("min", math.nan) / 1e3, "median_s": ms.get("median", math.nan) / 1e3,
-                         "state_bytes": (e.get("state_bytes") or {}).get(p),
-                         "transient_bytes": (e.get("transient_bytes") or {}).get(p) if isinstance(e.get("transient_bytes"), dict) else None,
-                         "ratios": ratios if j == 0 else "", "sources": [path]})
+                         "vs_adamw": ms.get("min", math.nan) / ref["min"] if ref.get("min") else None,
+                         "gbps": (e.get("effective_GBps") or {}).get(p),
+                         "state_bytes": (e.get("state_bytes") or {}).get(p), "transient_bytes": transient.get(p)})
     return rows
 
 
 FUSED_COLUMNS = [Column("size", "size"), Column("path", "path"), Column("n_params", "params", "int"),
+                 Column("device", "device"), Column("threads", "threads", "int"),
                  Column("min_s", "min ms", "ms"), Column("median_s", "median ms", "ms"),
-                 Column("state_bytes", "state MiB", "mib"), Column("transient_bytes", "transient MiB", "mib"),
-                 Column("ratios", "ratios (min)")]
+                 Column("vs_adamw", "vs AdamW (same kind)", "x2"), Column("gbps", "effective GB/s", "f2"),
+                 Column("state_bytes", "state MiB", "mib"), Column("transient_bytes", "transient MiB", "mib")]
+
+
+def fused_target_rows(c: Collection) -> list[dict]:
+    """The issue's targets per size: each measured ratio against its target, and the one-off build costs."""
+    rows = []
+    for path, e in _fused_entries(c):
+        ratios = e.get("ratio") or {}
+        transient = e.get("transient_bytes") if isinstance(e.get("transient_bytes"), dict) else {}
+        for name, met in (e.get("targets_met") or {}).items():
+            r = ratios.get(name, {})
+            if name.startswith("transient "):  # "transient a<=b": show both byte counts
+                a, b = name.removeprefix("transient ").split("<=")
+                r = {"min": f"{transient.get(a, '-')} B vs {transient.get(b, '-')} B"}
+            rows.append({**_fused_case(e, path), "target": name, "ratio": r.get("min"),
+                         "ratio_median": r.get("median"), "limit": met.get("target"), "met": met.get("met"),
+                         "compile_s": e.get("compile_s"), "native_build_s": e.get("native_build_s")})
+    return rows
+
+
+FUSED_TARGET_COLUMNS = [Column("size", "size"), Column("device", "device"), Column("threads", "threads", "int"),
+                        Column("target", "ratio (or transient check)"), Column("ratio", "measured (min)", "x2"),
+                        Column("ratio_median", "(median)", "x2"), Column("limit", "target", "x2"),
+                        Column("met", "met", "bool"), Column("compile_s", "compile s (cold)", "f2"),
+                        Column("native_build_s", "native build s", "f2")]
 
 
 def sweep_step_rows(c: Collection) -> list[dict]:
@@ -663,7 +776,12 @@ def build_sections(c: Collection, opts: Options = Options()) -> list[Section]:
                             "one steady-state step; AdamW(foreach) timed in the same test between rounds; "
                             "the adamw row's ratio shows the session's noise"))
     if fused:
-        tables.append(Table("Fused / foreach kernels (pytest suites)", FUSED_COLUMNS, fused))
+        tables.append(Table("Fused / foreach kernels (pytest suites)", FUSED_COLUMNS, fused,
+                            "interleaved rounds, minimum per path; effective GB/s = the step's minimal traffic "
+                            "(AdamW 7 bytes-of-dtype per parameter, SlimAdam 5 plus its reduced V) over its time"))
+        tables.append(Table("Fused kernel targets (issue 7)", FUSED_TARGET_COLUMNS, fused_target_rows(c),
+                            "targets are reported, never asserted: fused SlimAdam <= 1.0x fused AdamW, foreach "
+                            "SlimAdam <= 0.75x foreach AdamW, transient no larger than AdamW's"))
     if sweep:
         tables.append(Table("Training step in sweeps", SWEEP_STEP_COLUMNS, sweep,
                             "batch + forward + backward + step; noisy on shared cores"))
