@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from synthetic_results import bench_entry, write_bench
 
 from slimbench.report import load
 from slimbench.report.tables import build_sections, fused_rows, fused_target_rows
-from synthetic_results import bench_entry, write_bench
 
 
 def _fused_info() -> dict:

@@ -1,4 +1,9 @@
-r"""Fused SlimAdam: a group's whole update compiled by ``torch.compile`` into a few passes over memory.
+r"""Fused SlimAdam: a group's whole update in a few passes over memory.
+
+``fused=True`` first offers every tensor to the hand-written CPU kernel (:mod:`slimbench.optim._native`:
+CPU fp32/fp64, K a contiguous range of dims; backend "auto"); what it does not take (GPU tensors, half
+precision, K such as (0, 2), a non-contiguous gradient), or everything with ``fused_backend="compile"``,
+is compiled by ``torch.compile`` as described below.
 
 The maths is the for-loop's (:mod:`slimbench.optim._functional`); only the execution differs. Tensors are
 bucketed by (device, dtype) and each bucket's update is one compiled graph, whatever each tensor's K (the
@@ -46,7 +51,12 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from slimbench.optim._functional import AdamHyper, _multi_tensor_slimadam, group_for_foreach, reduced_shape
+from slimbench.optim._functional import (
+    AdamHyper,
+    _multi_tensor_slimadam,
+    group_for_foreach,
+    reduced_shape,
+)
 
 # Columns of the coefficient table, one row per tensor of a bucket.
 COLUMNS = ("decay", "one_minus_beta1", "beta2", "one_minus_beta2", "neg_step_size", "bias_correction2_sqrt", "eps")

@@ -16,7 +16,7 @@ the CPU's model and flags, so a shared home directory never hands one machine an
 comes from the libgomp torch has already loaded; the kernel runs with ``torch.get_num_threads()``
 threads and never starts a thread team with one.
 
-Which tensors it takes (:func:`native_view`): CPU, float32 or float64, p, G, M and V contiguous, a
+Which tensors it takes (:func:`fits`, :func:`_ready`): CPU, float32 or float64, p, G, M and V contiguous, a
 float32 step counter, and K a contiguous range of dims (every K slimbench's rules produce for 1-D to
 4-D weights: (), fan_out, fan_in, both, the embedding dim). Anything else goes to the compiled path.
 """
@@ -147,18 +147,12 @@ def native_view(shape: torch.Size | tuple[int, ...], dims: tuple[int, ...]) -> t
 
 
 def fits(p: Tensor, dims: tuple[int, ...]) -> bool:
-    """The fixed half of :func:`takes`: device, dtype and K (cached per bucket structure)."""
+    """What is fixed per tensor: CPU, a kernel dtype, K a contiguous range (cached per bucket structure)."""
     return p.device.type == "cpu" and p.dtype in DTYPES and native_view(p.shape, dims) is not None
 
 
-def takes(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: Tensor, dims: tuple[int, ...]) -> bool:
-    """Whether the kernel can update this tensor (see the module docstring)."""
-    return (fits(p, dims) and g.dtype == p.dtype and m.dtype == p.dtype and v.dtype == p.dtype
-            and _ready(p, g, m, v, step))
-
-
 def _ready(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: Tensor) -> bool:
-    """The half of :func:`takes` that can change between steps (a new non-contiguous grad, loaded state)."""
+    """What can change between steps: contiguity (a new non-contiguous grad, loaded state), the step counter."""
     return (p.is_contiguous() and g.is_contiguous() and m.is_contiguous() and v.is_contiguous()
             and step.dtype == torch.float32 and step.is_cpu)
 
