@@ -2,8 +2,9 @@
 
     python results/bench_fused/probe.py weights   # one weight at a time: fused SlimAdam / fused AdamW per K
     python results/bench_fused/probe.py rss       # 2000 fused steps of the 4M GPT set: VmRSS before/after
+    python results/bench_fused/probe.py weights 2 # with 2 torch threads (default 1)
 
-1 torch thread. ``weights`` times each optimizer alone (best of 5 rounds of 5 steps), so it measures one
+1 torch thread unless a second argument says otherwise. ``weights`` times each optimizer alone (best of 5 rounds of 5 steps), so it measures one
 tensor's kernel, not a training step's cache behaviour; the suite's interleaved rounds are the headline.
 """
 from __future__ import annotations
@@ -74,5 +75,5 @@ def rss() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
     {"weights": weights, "rss": rss}[sys.argv[1] if len(sys.argv) > 1 else "weights"]()

@@ -149,17 +149,21 @@ def _multi_tensor_slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: 
                 _update_second_moments(b_exp_avg_sqs, b_grads, k, hp)
             else:
                 _update_second_moments([b_exp_avg_sqs[i] for i in idx], [b_grads[i] for i in idx], k, hp)
+        # p -= lr/bc1 * M / (sqrt(V)/bc2 + eps), written as p -= (lr bc2/bc1) * M / (sqrt(V) + eps bc2):
+        # the same value to fp rounding, one foreach call fewer (each costs ~1 us per tensor on CPU).
         steps = [s.item() for s in b_steps]
         step_size: float | list[float]
+        eps: float | list[float]
         if all(t == steps[0] for t in steps):  # the usual case: scalar arguments, no per-tensor lists
-            step_size = -(hp.lr / (1 - hp.beta1 ** steps[0]))
-            bias_correction2_sqrt: float | list[float] = (1 - hp.beta2 ** steps[0]) ** 0.5
+            bias_correction2_sqrt = (1 - hp.beta2 ** steps[0]) ** 0.5
+            step_size = -(hp.lr * bias_correction2_sqrt / (1 - hp.beta1 ** steps[0]))
+            eps = hp.eps * bias_correction2_sqrt
         else:
-            step_size = [-(hp.lr / (1 - hp.beta1**t)) for t in steps]
-            bias_correction2_sqrt = [(1 - hp.beta2**t) ** 0.5 for t in steps]
+            bc2 = [(1 - hp.beta2**t) ** 0.5 for t in steps]
+            step_size = [-(hp.lr * b / (1 - hp.beta1**t)) for t, b in zip(steps, bc2)]
+            eps = [hp.eps * b for b in bc2]
         denom = torch._foreach_sqrt(b_exp_avg_sqs)  # reduced shapes: small unless k == ()
-        torch._foreach_div_(denom, bias_correction2_sqrt)
-        torch._foreach_add_(denom, hp.eps)
+        torch._foreach_add_(denom, eps)
         torch._foreach_addcdiv_(b_params, b_exp_avgs, denom, step_size)  # denom broadcasts over K
         del denom
 

@@ -45,13 +45,15 @@ DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 # Work items of about this many entries (64 KiB of fp32 G): small enough to balance two or more threads,
 # large enough that an item's bookkeeping is noise.
-ITEM_ENTRIES = 1 << 14
-# Column blocks (K leading): the whole tensor when its G is at most this (the update pass then re-reads G
-# from L2/L3), else blocks of about this size, at least MIN_W columns wide (strided rows of fewer than
-# ~1 KiB stream badly: 16 columns ran 6x slower than AdamW on a 16384 x 1024 gradient).
+ITEM_ENTRIES = 1 << 16
+# Column blocks (K leading): a gradient of at most BLOCK_BYTES is one block, so the update pass re-reads G
+# from L2/L3. A larger one gets the widest blocks the kernel holds (MAX_W columns, split evenly): its
+# second read of G comes from memory anyway, and long contiguous row segments stream at full bandwidth,
+# where cache-sized blocks of 256 columns (1 KiB segments) made the update pass 1.7x slower than
+# AdamW's (4096 x 4096 fp32, one thread).
 BLOCK_BYTES = 1 << 22
-MIN_W = 256
-MAX_W = 2048  # the kernel's stack arrays (slimadam_max_block in the C file)
+MIN_SPLIT_W = 256  # narrowest block made only to give each thread one (1 KiB of fp32 per row segment)
+MAX_W = 4096  # the kernel's stack arrays (slimadam_max_block in the C file)
 
 
 class NativeUnavailable(RuntimeError):
@@ -157,11 +159,14 @@ def _ready(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: Tensor) -> bool:
             and step.dtype == torch.float32 and step.is_cpu)
 
 
-def column_block(rows: int, cols: int, itemsize: int) -> int:
-    """Columns per block for a leading-K reduction (see BLOCK_BYTES), a multiple of 16 up to MAX_W."""
-    w = BLOCK_BYTES // max(1, rows * itemsize)
-    w = max(MIN_W, min(MAX_W, w - w % 16))
-    return min(w, cols)
+def column_block(rows: int, cols: int, itemsize: int, threads: int = 1) -> int:
+    """Columns per block for a leading-K reduction (see BLOCK_BYTES): all of them, or even blocks <= MAX_W,
+    and for a large gradient at least one block per thread (blocks are the unit threads share)."""
+    if rows * cols * itemsize <= BLOCK_BYTES and cols <= MAX_W:
+        return cols
+    n_blocks = max(-(-cols // MAX_W), min(threads, cols // MIN_SPLIT_W))
+    w = -(-cols // n_blocks)
+    return min(MAX_W, cols, w + (-w) % 16)  # a multiple of 16 (whole cache lines) where possible
 
 
 @dataclass(frozen=True)
@@ -173,7 +178,7 @@ class Plan:
     n_items: int
 
 
-def make_plan(shapes: list[torch.Size], dims: list[tuple[int, ...]], itemsize: int) -> Plan:
+def make_plan(shapes: list[torch.Size], dims: list[tuple[int, ...]], itemsize: int, threads: int = 1) -> Plan:
     views, items = [], []
     for i, (shape, k) in enumerate(zip(shapes, dims)):
         o, r, n_in = native_view(shape, k)
@@ -185,7 +190,7 @@ def make_plan(shapes: list[torch.Size], dims: list[tuple[int, ...]], itemsize: i
             step = max(1, ITEM_ENTRIES // r)
             items += [x for lo in range(0, o, step) for x in (i, 0, lo, min(o, lo + step))]
         else:  # blocks of columns of each o
-            w = column_block(r, n_in, itemsize)
+            w = column_block(r, n_in, itemsize, threads)
             items += [x for oo in range(o) for lo in range(0, n_in, w) for x in (i, oo, lo, min(n_in, lo + w))]
     return Plan((ctypes.c_int64 * len(views))(*views), (ctypes.c_int64 * len(items))(*items), len(items) // 4)
 
@@ -219,17 +224,18 @@ def step_where_possible(params: list[Tensor], grads: list[Tensor], exp_avgs: lis
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i in take:
         by_dtype.setdefault(params[i].dtype, []).append(i)
+    threads = torch.get_num_threads()
     for dtype, idx in by_dtype.items():
-        key = (structure, tuple(idx))
+        key = (structure, tuple(idx), threads)
         plan = _plans.get(key)
         if plan is None:
             plan = _plans[key] = make_plan([params[i].shape for i in idx], [dims[i] for i in idx],
-                                           params[idx[0]].element_size())
+                                           params[idx[0]].element_size(), threads)
         ptrs = array.array("q", [lst[i].data_ptr() for lst in (params, grads, exp_avgs, exp_avg_sqs, state_steps)
                                  for i in idx])
         getattr(lib, f"slimadam_step_{DTYPES[dtype]}")(
             len(idx), ptrs.buffer_info()[0], plan.shapes, plan.items, plan.n_items, hp.lr, hp.beta1, hp.beta2,
-            hp.eps, hp.weight_decay, int(hp.maximize), torch.get_num_threads())
+            hp.eps, hp.weight_decay, int(hp.maximize), threads)
     if len(take) == len(params):
         return []
     taken = set(take)

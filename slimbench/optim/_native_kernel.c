@@ -18,7 +18,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#define MAX_W 2048
+#define MAX_W 4096
 
 typedef struct {
     int64_t tensor, o, lo, hi;
