@@ -177,7 +177,9 @@ def slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], 
     if not params:
         return
     if fused:
-        from slimbench.optim._fused import _fused_slimadam  # imports torch.compile machinery only when used
+        from slimbench.optim._fused import (
+            _fused_slimadam,  # imports torch.compile machinery only when used
+        )
 
         _fused_slimadam(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims, hp, fused_backend)
         return

@@ -53,6 +53,7 @@ ITEM_ENTRIES = 1 << 16
 # AdamW's (4096 x 4096 fp32, one thread).
 BLOCK_BYTES = 1 << 22
 MIN_SPLIT_W = 256  # narrowest block made only to give each thread one (1 KiB of fp32 per row segment)
+SPLIT_BYTES = 1 << 18  # with several threads, gradients from this size get a block per thread
 MAX_W = 4096  # the kernel's stack arrays (slimadam_max_block in the C file)
 
 
@@ -160,11 +161,15 @@ def _ready(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: Tensor) -> bool:
 
 
 def column_block(rows: int, cols: int, itemsize: int, threads: int = 1) -> int:
-    """Columns per block for a leading-K reduction (see BLOCK_BYTES): all of them, or even blocks <= MAX_W,
-    and for a large gradient at least one block per thread (blocks are the unit threads share)."""
-    if rows * cols * itemsize <= BLOCK_BYTES and cols <= MAX_W:
+    """Columns per block for a leading-K reduction (see BLOCK_BYTES): all of them, or even blocks <= MAX_W;
+    with several threads, a gradient of SPLIT_BYTES or more gets a block per thread (blocks are the unit
+    threads share; one 4 MiB fan_out weight ran 2x slower than AdamW's two threads on one)."""
+    size = rows * cols * itemsize
+    n_blocks = -(-cols // MAX_W)
+    if size > BLOCK_BYTES or (threads > 1 and size >= SPLIT_BYTES):
+        n_blocks = max(n_blocks, min(threads, cols // MIN_SPLIT_W))
+    if n_blocks == 1:
         return cols
-    n_blocks = max(-(-cols // MAX_W), min(threads, cols // MIN_SPLIT_W))
     w = -(-cols // n_blocks)
     return min(MAX_W, cols, w + (-w) % 16)  # a multiple of 16 (whole cache lines) where possible
 
