@@ -412,3 +412,28 @@ def test_native_library_is_cached_by_content(tmp_path, monkeypatch: pytest.Monke
     assert first.parent == tmp_path / "kernels" and first.name.startswith("slimadam_")
     assert _native.build() == first and first.stat().st_mtime_ns == mtime  # not rebuilt
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary left behind
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_on_cuda_is_the_compiled_path_and_matches_the_for_loop() -> None:
+    """On a GPU, fused=True compiles (Triton): same numbers as the for-loop on the same device."""
+    from slimbench.optim import _native
+
+    hp = {"lr": 0.02, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1}
+    outs = []
+    for impl in ({"foreach": False}, {"fused": True}):
+        g = torch.Generator().manual_seed(5)
+        named = [(n, torch.nn.Parameter(torch.randn(s, generator=g).cuda())) for n, s in
+                 (("w", (64, 48)), ("u", (48, 64)), ("b", (48,)))]
+        opt = SlimAdam(named, **hp, rules={"w": "fan_in", "u": "fan_out"}, **impl)
+        for _ in range(3):
+            for _, p in named:
+                p.grad = torch.randn(p.shape, generator=g).cuda()
+            opt.step()
+            torch.cuda.synchronize()
+        outs.append([p.detach().cpu() for _, p in named])
+    # The CPU kernel took no CUDA tensor: every cached structure with a non-CPU tensor fits nothing.
+    for (tensors, _), fit in _native._fits.items():
+        assert all(tensors[i][2] for i in fit)  # (shape, dtype, is_cpu) of each tensor it took
+    assert_close_fp32(*outs)
