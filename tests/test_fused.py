@@ -437,3 +437,33 @@ def test_fused_on_cuda_is_the_compiled_path_and_matches_the_for_loop() -> None:
     for (tensors, _), fit in _native._fits.items():
         assert all(tensors[i][2] for i in fit)  # (shape, dtype, is_cpu) of each tensor it took
     assert_close_fp32(*outs)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_native_half_precision_rounds_once_per_stored_value(dtype: torch.dtype) -> None:
+    """bf16 / fp16: the kernel computes in fp32 and rounds each stored p, M, V once. The reference does the
+    same maths in fp64 from the same half-precision state and rounds once per step: within one ulp."""
+    from slimbench.optim._functional import AdamHyper, _single_tensor_slimadam
+
+    hp = AdamHyper(lr=0.01, beta1=0.9, beta2=0.95, eps=1e-6, weight_decay=0.1)
+    shapes = {"w": ((48, 40), (1,)), "u": ((40, 48), (0,)), "b": ((40,), ())}
+    g = torch.Generator().manual_seed(8)
+    named = [(n, torch.nn.Parameter(torch.randn(s, generator=g).to(dtype))) for n, (s, _) in shapes.items()]
+    opt = SlimAdam(named, lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps, weight_decay=hp.weight_decay,
+                   rules={n: list(k) for n, (_, k) in shapes.items()}, fused=True)
+    ref = {n: [p.detach().clone(), torch.zeros_like(p), None, torch.tensor(0.0)] for n, p in named}
+    for n, (s, k) in shapes.items():
+        ref[n][2] = torch.zeros(tuple(1 if i in k else d for i, d in enumerate(s)), dtype=dtype)
+    for _ in range(4):
+        for n, p in named:
+            p.grad = (0.1 * torch.randn(p.shape, generator=g)).to(dtype)
+            wide = [t.double() for t in ref[n][:3]]
+            _single_tensor_slimadam([wide[0]], [p.grad.double()], [wide[1]], [wide[2]], [ref[n][3]],
+                                    [shapes[n][1]], hp)
+            ref[n][:3] = [t.to(dtype) for t in wide]
+        opt.step()
+    ulp = torch.finfo(dtype).eps
+    for n, p in named:
+        st = opt.state[p]
+        for got, want in ((p.detach(), ref[n][0]), (st["exp_avg"], ref[n][1]), (st["exp_avg_sq"], ref[n][2])):
+            torch.testing.assert_close(got.float(), want.float(), rtol=ulp, atol=1e-6)

@@ -1,8 +1,8 @@
 r"""Fused SlimAdam: a group's whole update in a few passes over memory.
 
 ``fused=True`` first offers every tensor to the hand-written CPU kernel (:mod:`slimbench.optim._native`:
-CPU fp32/fp64, K a contiguous range of dims; backend "auto"); what it does not take (GPU tensors, half
-precision, K such as (0, 2), a non-contiguous gradient), or everything with ``fused_backend="compile"``,
+CPU fp32/fp64/bf16/fp16, K a contiguous range of dims; backend "auto"); what it does not take (GPU
+tensors, K such as (0, 2), a non-contiguous gradient), or everything with ``fused_backend="compile"``,
 is compiled by ``torch.compile`` as described below.
 
 The maths is the for-loop's (:mod:`slimbench.optim._functional`); only the execution differs. Tensors are

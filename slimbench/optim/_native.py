@@ -1,4 +1,4 @@
-r"""Fused SlimAdam on CPU: one hand-written C kernel for a whole bucket of fp32/fp64 tensors.
+r"""Fused SlimAdam on CPU: one hand-written C kernel for a whole bucket of tensors.
 
 Why not only torch.compile: inductor will not fuse a reduction over K with the elementwise update that
 consumes it, so the compiled step reads G twice from memory and allocates its partial sums; on CPU it
@@ -16,9 +16,11 @@ the CPU's model and flags, so a shared home directory never hands one machine an
 comes from the libgomp torch has already loaded; the kernel runs with ``torch.get_num_threads()``
 threads and never starts a thread team with one.
 
-Which tensors it takes (:func:`fits`, :func:`_ready`): CPU, float32 or float64, p, G, M and V contiguous, a
-float32 step counter, and K a contiguous range of dims (every K slimbench's rules produce for 1-D to
-4-D weights: (), fan_out, fan_in, both, the embedding dim). Anything else goes to the compiled path.
+Which tensors it takes (:func:`fits`, :func:`_ready`): CPU; float32, float64, bfloat16 or float16 (the
+half types are computed in fp32 and each stored value rounded once, as torch's fused AdamW does, where
+the for-loop rounds after every op); p, G, M and V contiguous; a float32 step counter; and K a
+contiguous range of dims (every K slimbench's rules produce for 1-D to 4-D weights: (), fan_out, fan_in,
+both, the embedding dim). Anything else goes to the compiled path.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from slimbench.optim._functional import AdamHyper
 
 SOURCE = Path(__file__).with_name("_native_kernel.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
-DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 # Work items of about this many entries (64 KiB of fp32 G): small enough to balance two or more threads,
 # large enough that an item's bookkeeping is noise.

@@ -12,11 +12,13 @@
  *           whose G is then still in L2/L3 when R * W * bytes is a few MiB (which the planner aims for).
  *
  * No heap allocation: the per-block sums and scales live on the stack (MAX_W entries). Sums of squares
- * accumulate in double. Work items (tensor, o, lo, hi) are planned once per bucket structure in Python
+ * accumulate in double. Storage may be fp32, fp64, bf16 or fp16 (S); the update is computed in T (fp32
+ * for the half types) and each result rounded once when stored. Work items (tensor, o, lo, hi) are planned once per bucket structure in Python
  * and split among threads by OpenMP (dynamic schedule; no team at all with one thread).
  */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #define MAX_W 4096
 
@@ -24,120 +26,143 @@ typedef struct {
     int64_t tensor, o, lo, hi;
 } Item;
 
-#define DEFINE_STEP(SUFFIX, T, SQRT)                                                                               \
-    static void adam_range_##SUFFIX(T *p, const T *g, T *m, T *v, int64_t lo, int64_t hi, T sign, T decay,   \
-                                    T w1, T b2, T w2, T neg_step, T bc2_sqrt, T eps) {                      \
-        _Pragma("omp simd")                                                                                  \
-        for (int64_t j = lo; j < hi; j++) {                                                                  \
-            T gj = sign * g[j];                                                                              \
-            T mj = m[j] + w1 * (gj - m[j]);                                                                  \
-            T vj = v[j] * b2 + w2 * (gj * gj);                                                               \
-            m[j] = mj;                                                                                       \
-            v[j] = vj;                                                                                       \
-            p[j] = p[j] * decay + neg_step * (mj / (SQRT(vj) / bc2_sqrt + eps));                            \
-        }                                                                                                    \
-    }                                                                                                        \
-                                                                                                             \
-    static void rows_##SUFFIX(T *p, const T *g, T *m, T *v, int64_t R, int64_t lo, int64_t hi, T sign,       \
-                              T decay, T w1, T b2, T w2, T neg_step, T bc2_sqrt, T eps) {                   \
-        for (int64_t r = lo; r < hi; r++) {                                                                  \
-            const T *gr = g + r * R;                                                                         \
-            T *pr = p + r * R, *mr = m + r * R;                                                              \
-            double s = 0.0;                                                                                  \
-            _Pragma("omp simd reduction(+ : s)")                                                             \
-            for (int64_t k = 0; k < R; k++) s += (double)gr[k] * (double)gr[k];                              \
-            T vr = v[r] * b2 + w2 * (T)(s / (double)R);                                                      \
-            v[r] = vr;                                                                                       \
-            T scale = neg_step / (SQRT(vr) / bc2_sqrt + eps);                                                \
-            _Pragma("omp simd")                                                                              \
-            for (int64_t k = 0; k < R; k++) {                                                                \
-                T mk = mr[k] + w1 * (sign * gr[k] - mr[k]);                                                  \
-                mr[k] = mk;                                                                                  \
-                pr[k] = pr[k] * decay + mk * scale;                                                          \
-            }                                                                                                \
-        }                                                                                                    \
-    }                                                                                                        \
-                                                                                                             \
-    static void columns_##SUFFIX(T *p, const T *g, T *m, T *v, int64_t R, int64_t I, int64_t o, int64_t lo,  \
-                                 int64_t hi, T sign, T decay, T w1, T b2, T w2, T neg_step, T bc2_sqrt,     \
-                                 T eps) {                                                                    \
-        double acc[MAX_W];                                                                                   \
-        T scale[MAX_W];                                                                                      \
-        const int64_t w = hi - lo, base = o * R * I + lo;                                                    \
-        for (int64_t c = 0; c < w; c++) acc[c] = 0.0;                                                        \
-        int64_t r = 0;                                                                                       \
-        /* Eight rows per pass over acc: eight memory streams in flight and 1/8 of acc's loads and stores \
-           (one row at a time ran at a third of the bandwidth). */                                           \
-        for (; r + 8 <= R; r += 8) {                                                                         \
-            const T *gr = g + base + r * I;                                                                  \
-            _Pragma("omp simd")                                                                              \
-            for (int64_t c = 0; c < w; c++) {                                                                \
-                double x0 = gr[c], x1 = gr[c + I], x2 = gr[c + 2 * I], x3 = gr[c + 3 * I];                   \
-                double x4 = gr[c + 4 * I], x5 = gr[c + 5 * I], x6 = gr[c + 6 * I], x7 = gr[c + 7 * I];       \
+/* Storage <-> compute conversions. fp32/fp64 compute in their own type; bf16 and fp16 are loaded to fp32,
+   updated there, and rounded once (to nearest even) when stored, as torch's fused AdamW does. */
+#define SAME(x) (x)
+
+static inline float bf16_load(uint16_t x) {
+    uint32_t u = (uint32_t)x << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t bf16_store(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (uint16_t)(isnan(f) ? ((u >> 16) | 0x40u) : rounded); /* NaN stays a (quiet) NaN */
+}
+
+#define F16_LOAD(x) ((float)(x))
+#define F16_STORE(x) ((_Float16)(x))
+
+#define DEFINE_STEP(SUFFIX, S, T, LD, ST, SQRT)                                                                  \
+    static void adam_range_##SUFFIX(S *p, const S *g, S *m, S *v, int64_t lo, int64_t hi, T sign, T decay,       \
+                                    T w1, T b2, T w2, T neg_step, T bc2_sqrt, T eps) {                           \
+        _Pragma("omp simd")                                                                                      \
+        for (int64_t j = lo; j < hi; j++) {                                                                      \
+            T gj = sign * LD(g[j]), mj0 = LD(m[j]);                                                              \
+            T mj = mj0 + w1 * (gj - mj0);                                                                        \
+            T vj = LD(v[j]) * b2 + w2 * (gj * gj);                                                               \
+            m[j] = ST(mj);                                                                                       \
+            v[j] = ST(vj);                                                                                       \
+            p[j] = ST(LD(p[j]) * decay + neg_step * (mj / (SQRT(vj) / bc2_sqrt + eps)));                         \
+        }                                                                                                        \
+    }                                                                                                            \
+                                                                                                                 \
+    static void rows_##SUFFIX(S *p, const S *g, S *m, S *v, int64_t R, int64_t lo, int64_t hi, T sign,           \
+                              T decay, T w1, T b2, T w2, T neg_step, T bc2_sqrt, T eps) {                        \
+        for (int64_t r = lo; r < hi; r++) {                                                                      \
+            const S *gr = g + r * R;                                                                             \
+            S *pr = p + r * R, *mr = m + r * R;                                                                  \
+            double s = 0.0;                                                                                      \
+            _Pragma("omp simd reduction(+ : s)")                                                                 \
+            for (int64_t k = 0; k < R; k++) s += (double)LD(gr[k]) * (double)LD(gr[k]);                          \
+            T vr = LD(v[r]) * b2 + w2 * (T)(s / (double)R);                                                      \
+            v[r] = ST(vr);                                                                                       \
+            T scale = neg_step / (SQRT(vr) / bc2_sqrt + eps);                                                    \
+            _Pragma("omp simd")                                                                                  \
+            for (int64_t k = 0; k < R; k++) {                                                                    \
+                T mk0 = LD(mr[k]), mk = mk0 + w1 * (sign * LD(gr[k]) - mk0);                                     \
+                mr[k] = ST(mk);                                                                                  \
+                pr[k] = ST(LD(pr[k]) * decay + mk * scale);                                                      \
+            }                                                                                                    \
+        }                                                                                                        \
+    }                                                                                                            \
+                                                                                                                 \
+    static void columns_##SUFFIX(S *p, const S *g, S *m, S *v, int64_t R, int64_t I, int64_t o, int64_t lo,      \
+                                 int64_t hi, T sign, T decay, T w1, T b2, T w2, T neg_step, T bc2_sqrt,          \
+                                 T eps) {                                                                        \
+        double acc[MAX_W];                                                                                       \
+        T scale[MAX_W];                                                                                          \
+        const int64_t w = hi - lo, base = o * R * I + lo;                                                        \
+        for (int64_t c = 0; c < w; c++) acc[c] = 0.0;                                                            \
+        int64_t r = 0;                                                                                           \
+        /* Eight rows per pass over acc: eight memory streams in flight and 1/8 of acc's loads and stores        \
+           (one row at a time ran at a third of the bandwidth). */                                               \
+        for (; r + 8 <= R; r += 8) {                                                                             \
+            const S *gr = g + base + r * I;                                                                      \
+            _Pragma("omp simd")                                                                                  \
+            for (int64_t c = 0; c < w; c++) {                                                                    \
+                double x0 = LD(gr[c]), x1 = LD(gr[c + I]), x2 = LD(gr[c + 2 * I]), x3 = LD(gr[c + 3 * I]);       \
+                double x4 = LD(gr[c + 4 * I]), x5 = LD(gr[c + 5 * I]), x6 = LD(gr[c + 6 * I]), x7 = LD(gr[c + 7 * I]); \
                 acc[c] += ((x0 * x0 + x1 * x1) + (x2 * x2 + x3 * x3)) + ((x4 * x4 + x5 * x5) + (x6 * x6 + x7 * x7)); \
-            }                                                                                                \
-        }                                                                                                    \
-        for (; r < R; r++) {                                                                                 \
-            const T *gr = g + base + r * I;                                                                  \
-            _Pragma("omp simd")                                                                              \
-            for (int64_t c = 0; c < w; c++) acc[c] += (double)gr[c] * (double)gr[c];                         \
-        }                                                                                                    \
-        T *vo = v + o * I + lo;                                                                              \
-        for (int64_t c = 0; c < w; c++) {                                                                    \
-            T vc = vo[c] * b2 + w2 * (T)(acc[c] / (double)R);                                                \
-            vo[c] = vc;                                                                                      \
-            scale[c] = neg_step / (SQRT(vc) / bc2_sqrt + eps);                                               \
-        }                                                                                                    \
-        for (r = 0; r < R; r++) {                                                                            \
-            const T *gr = g + base + r * I;                                                                  \
-            T *pr = p + base + r * I, *mr = m + base + r * I;                                                \
-            _Pragma("omp simd")                                                                              \
-            for (int64_t c = 0; c < w; c++) {                                                                \
-                T mc = mr[c] + w1 * (sign * gr[c] - mr[c]);                                                  \
-                mr[c] = mc;                                                                                  \
-                pr[c] = pr[c] * decay + mc * scale[c];                                                       \
-            }                                                                                                \
-        }                                                                                                    \
-    }                                                                                                        \
-                                                                                                             \
-    /* ptrs: 5 arrays of n pointers (p, g, m, v, step), step counters are float32 scalars.               \
-       shapes: n rows of (O, R, I). Returns 0. */                                                            \
-    int slimadam_step_##SUFFIX(int64_t n, void *const *ptrs, const int64_t *shapes, const Item *items,       \
-                               int64_t n_items, double lr, double beta1, double beta2, double eps,          \
-                               double weight_decay, int maximize, int threads) {                            \
-        T *const *P = (T *const *)ptrs;                                                                      \
-        const T *const *G = (const T *const *)(ptrs + n);                                                    \
-        T *const *M = (T *const *)(ptrs + 2 * n);                                                            \
-        T *const *V = (T *const *)(ptrs + 3 * n);                                                            \
-        float *const *S = (float *const *)(ptrs + 4 * n);                                                    \
-        /* Per-tensor scalars, in double as the for-loop computes them in Python, then rounded to T. */      \
-        T neg_step[n], bc2_sqrt[n];                                                                          \
-        for (int64_t i = 0; i < n; i++) {                                                                    \
-            *S[i] += 1.0f;                                                                                   \
-            double t = (double)*S[i];                                                                        \
-            neg_step[i] = (T)(-(lr / (1.0 - pow(beta1, t))));                                                \
-            bc2_sqrt[i] = (T)sqrt(1.0 - pow(beta2, t));                                                      \
-        }                                                                                                    \
-        const T sign = maximize ? (T)-1 : (T)1, decay = (T)(1.0 - lr * weight_decay), w1 = (T)(1.0 - beta1); \
-        const T b2 = (T)beta2, w2 = (T)(1.0 - beta2), e = (T)eps;                                            \
-        _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)")              \
-        for (int64_t k = 0; k < n_items; k++) {                                                              \
-            const Item it = items[k];                                                                        \
-            const int64_t i = it.tensor, R = shapes[3 * i + 1], I = shapes[3 * i + 2];                       \
-            if (R == 1)                                                                                      \
-                adam_range_##SUFFIX(P[i], G[i], M[i], V[i], it.lo, it.hi, sign, decay, w1, b2, w2,           \
-                                    neg_step[i], bc2_sqrt[i], e);                                            \
-            else if (I == 1)                                                                                 \
-                rows_##SUFFIX(P[i], G[i], M[i], V[i], R, it.lo, it.hi, sign, decay, w1, b2, w2, neg_step[i], \
-                              bc2_sqrt[i], e);                                                               \
-            else                                                                                             \
-                columns_##SUFFIX(P[i], G[i], M[i], V[i], R, I, it.o, it.lo, it.hi, sign, decay, w1, b2, w2,  \
-                                 neg_step[i], bc2_sqrt[i], e);                                               \
-        }                                                                                                    \
-        return 0;                                                                                            \
+            }                                                                                                    \
+        }                                                                                                        \
+        for (; r < R; r++) {                                                                                     \
+            const S *gr = g + base + r * I;                                                                      \
+            _Pragma("omp simd")                                                                                  \
+            for (int64_t c = 0; c < w; c++) acc[c] += (double)LD(gr[c]) * (double)LD(gr[c]);                     \
+        }                                                                                                        \
+        S *vo = v + o * I + lo;                                                                                  \
+        for (int64_t c = 0; c < w; c++) {                                                                        \
+            T vc = LD(vo[c]) * b2 + w2 * (T)(acc[c] / (double)R);                                                \
+            vo[c] = ST(vc);                                                                                      \
+            scale[c] = neg_step / (SQRT(vc) / bc2_sqrt + eps);                                                   \
+        }                                                                                                        \
+        for (r = 0; r < R; r++) {                                                                                \
+            const S *gr = g + base + r * I;                                                                      \
+            S *pr = p + base + r * I, *mr = m + base + r * I;                                                    \
+            _Pragma("omp simd")                                                                                  \
+            for (int64_t c = 0; c < w; c++) {                                                                    \
+                T mc0 = LD(mr[c]), mc = mc0 + w1 * (sign * LD(gr[c]) - mc0);                                     \
+                mr[c] = ST(mc);                                                                                  \
+                pr[c] = ST(LD(pr[c]) * decay + mc * scale[c]);                                                   \
+            }                                                                                                    \
+        }                                                                                                        \
+    }                                                                                                            \
+                                                                                                                 \
+    /* ptrs: 5 arrays of n pointers (p, g, m, v, step), step counters are float32 scalars.                       \
+       shapes: n rows of (O, R, I). Returns 0. */                                                                \
+    int slimadam_step_##SUFFIX(int64_t n, void *const *ptrs, const int64_t *shapes, const Item *items,           \
+                               int64_t n_items, double lr, double beta1, double beta2, double eps,               \
+                               double weight_decay, int maximize, int threads) {                                 \
+        S *const *P = (S *const *)ptrs;                                                                          \
+        const S *const *G = (const S *const *)(ptrs + n);                                                        \
+        S *const *M = (S *const *)(ptrs + 2 * n);                                                                \
+        S *const *V = (S *const *)(ptrs + 3 * n);                                                                \
+        float *const *STEP = (float *const *)(ptrs + 4 * n);                                                        \
+        /* Per-tensor scalars, in double as the for-loop computes them in Python, then rounded to T. */          \
+        T neg_step[n], bc2_sqrt[n];                                                                              \
+        for (int64_t i = 0; i < n; i++) {                                                                        \
+            *STEP[i] += 1.0f;                                                                                       \
+            double t = (double)*STEP[i];                                                                            \
+            neg_step[i] = (T)(-(lr / (1.0 - pow(beta1, t))));                                                    \
+            bc2_sqrt[i] = (T)sqrt(1.0 - pow(beta2, t));                                                          \
+        }                                                                                                        \
+        const T sign = maximize ? (T)-1 : (T)1, decay = (T)(1.0 - lr * weight_decay), w1 = (T)(1.0 - beta1);     \
+        const T b2 = (T)beta2, w2 = (T)(1.0 - beta2), e = (T)eps;                                                \
+        _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)")                   \
+        for (int64_t k = 0; k < n_items; k++) {                                                                  \
+            const Item it = items[k];                                                                            \
+            const int64_t i = it.tensor, R = shapes[3 * i + 1], I = shapes[3 * i + 2];                           \
+            if (R == 1)                                                                                          \
+                adam_range_##SUFFIX(P[i], G[i], M[i], V[i], it.lo, it.hi, sign, decay, w1, b2, w2,               \
+                                    neg_step[i], bc2_sqrt[i], e);                                                \
+            else if (I == 1)                                                                                     \
+                rows_##SUFFIX(P[i], G[i], M[i], V[i], R, it.lo, it.hi, sign, decay, w1, b2, w2, neg_step[i],     \
+                              bc2_sqrt[i], e);                                                                   \
+            else                                                                                                 \
+                columns_##SUFFIX(P[i], G[i], M[i], V[i], R, I, it.o, it.lo, it.hi, sign, decay, w1, b2, w2,      \
+                                 neg_step[i], bc2_sqrt[i], e);                                                   \
+        }                                                                                                        \
+        return 0;                                                                                                \
     }
 
-DEFINE_STEP(f32, float, sqrtf)
-DEFINE_STEP(f64, double, sqrt)
+DEFINE_STEP(f32, float, float, SAME, SAME, sqrtf)
+DEFINE_STEP(f64, double, double, SAME, SAME, sqrt)
+DEFINE_STEP(bf16, uint16_t, float, bf16_load, bf16_store, sqrtf)
+DEFINE_STEP(f16, _Float16, float, F16_LOAD, F16_STORE, sqrtf)
 
 int slimadam_max_block(void) { return MAX_W; }

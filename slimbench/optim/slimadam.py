@@ -78,10 +78,10 @@ class SlimAdam(Optimizer):
             JSON path. See :mod:`slimbench.rules`.
         foreach: use the multi-tensor path (tensors grouped by device, dtype and K). None picks
             foreach on CPU/CUDA.
-        fused: do each group's whole update in as few passes over memory as possible. On CPU, fp32 and
-            fp64 tensors go through a hand-written C/OpenMP kernel (:mod:`slimbench.optim._native`,
+        fused: do each group's whole update in as few passes over memory as possible. On CPU, fp32, fp64,
+            bf16 and fp16 tensors go through a hand-written C/OpenMP kernel (:mod:`slimbench.optim._native`,
             built with the system C compiler on first use, well under a second; no transient memory);
-            everything else (GPU, half precision, unusual K) is compiled per (device, dtype) bucket with
+            everything else (GPU, unusual K) is compiled per (device, dtype) bucket with
             ``torch.compile`` (:mod:`slimbench.optim._fused`; a one-off compile of seconds to tens of
             seconds; lr schedules never recompile). Each falls back, with one warning, to the next
             (native -> compile -> foreach), never a crash. Cannot be combined with ``foreach=True``.
