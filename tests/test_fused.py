@@ -467,3 +467,29 @@ def test_native_half_precision_rounds_once_per_stored_value(dtype: torch.dtype) 
         st = opt.state[p]
         for got, want in ((p.detach(), ref[n][0]), (st["exp_avg"], ref[n][1]), (st["exp_avg_sq"], ref[n][2])):
             torch.testing.assert_close(got.float(), want.float(), rtol=ulp, atol=1e-6)
+
+
+def test_a_dtype_the_kernel_library_lacks_goes_to_the_compiled_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A C compiler without _Float16 builds a library with no f16 entry point: fp16 is compiled instead."""
+    from slimbench.optim import _native
+
+    real = _native.library()
+
+    class NoF16:
+        def __getattr__(self, name: str):
+            if name == "slimadam_step_f16":
+                raise AttributeError(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(_native, "DTYPES", dict(_native.DTYPES))
+    monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setattr(_native, "_lib_error", None)
+    monkeypatch.setattr(_native.ctypes, "CDLL", lambda path: NoF16())
+    monkeypatch.setattr(_native, "_fits", {})
+    hp = {"lr": 0.01, "betas": (0.9, 0.99), "eps": 1e-6, "weight_decay": 0.0}
+    p = torch.nn.Parameter(torch.randn(6, 5).half())
+    opt = SlimAdam([("w", p)], **hp, rules={"w": [1]}, fused=True)
+    p.grad = torch.randn(6, 5).half()
+    opt.step()
+    assert torch.float16 not in _native.DTYPES and torch.float32 in _native.DTYPES
+    assert opt.state[p]["step"].item() == 1 and opt.state[p]["exp_avg_sq"].abs().sum() > 0

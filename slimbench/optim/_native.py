@@ -124,7 +124,10 @@ def library() -> ctypes.CDLL:
         raise NativeUnavailable(_lib_error)
     try:
         lib = ctypes.CDLL(str(build()))
-        for suffix in DTYPES.values():
+        for dtype, suffix in list(DTYPES.items()):
+            if not hasattr(lib, f"slimadam_step_{suffix}"):  # e.g. no _Float16 in this C compiler
+                del DTYPES[dtype]
+                continue
             fn = getattr(lib, f"slimadam_step_{suffix}")
             fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                            *([ctypes.c_double] * 5), ctypes.c_int, ctypes.c_int]
@@ -228,6 +231,11 @@ def step_where_possible(params: list[Tensor], grads: list[Tensor], exp_avgs: lis
     if not take:
         return list(range(len(params)))
     lib = library()
+    if any(params[i].dtype not in DTYPES for i in take):  # loading found a dtype's entry point missing
+        fit = _fits[structure] = [i for i in fit if params[i].dtype in DTYPES]
+        take = [i for i in take if params[i].dtype in DTYPES]
+        if not take:
+            return list(range(len(params)))
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i in take:
         by_dtype.setdefault(params[i].dtype, []).append(i)

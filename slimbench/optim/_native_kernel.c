@@ -46,6 +46,8 @@ static inline uint16_t bf16_store(float f) {
 
 #define F16_LOAD(x) ((float)(x))
 #define F16_STORE(x) ((_Float16)(x))
+/* _Float16 needs gcc >= 12 or clang >= 15 on x86-64; without it the library has no f16 entry point and
+   fp16 tensors take the compiled path (slimbench/optim/_native.py checks which entry points exist). */
 
 #define DEFINE_STEP(SUFFIX, S, T, LD, ST, SQRT)                                                                  \
     static void adam_range_##SUFFIX(S *p, const S *g, S *m, S *v, int64_t lo, int64_t hi, T sign, T decay,       \
@@ -163,6 +165,8 @@ static inline uint16_t bf16_store(float f) {
 DEFINE_STEP(f32, float, float, SAME, SAME, sqrtf)
 DEFINE_STEP(f64, double, double, SAME, SAME, sqrt)
 DEFINE_STEP(bf16, uint16_t, float, bf16_load, bf16_store, sqrtf)
+#ifdef __FLT16_MAX__
 DEFINE_STEP(f16, _Float16, float, F16_LOAD, F16_STORE, sqrtf)
+#endif
 
 int slimadam_max_block(void) { return MAX_W; }
