@@ -10,7 +10,7 @@ from slimbench.report.tables import build_sections, fused_rows, fused_target_row
 
 def _fused_info() -> dict:
     ms = {"adamw_fused": 2.0, "adamw_foreach": 10.0, "slimadam_foreach": 4.0, "slimadam_fused": 1.6}
-    return {"size": "gpt-4m", "n_params": 4_000_000, "device": "cpu", "threads": 1,
+    return {"size": "gpt-4m", "n_params": 4_000_000, "device": "cpu", "dtype": "bfloat16", "threads": 1,
             "ms_per_step": {p: {"min": v, "median": 1.1 * v} for p, v in ms.items()},
             "ratio": {"slimadam_fused/adamw_fused": {"min": 0.8, "median": 0.85},
                       "slimadam_foreach/adamw_foreach": {"min": 0.4, "median": 0.45}},
@@ -34,7 +34,7 @@ def test_fused_rows_compare_each_path_with_adamw_of_its_kind(tmp_path):
     assert len(fused_rows(c)) == 4
     assert rows["slimadam_fused"]["vs_adamw"] == pytest.approx(1.6 / 2.0)
     assert rows["slimadam_foreach"]["vs_adamw"] == pytest.approx(4.0 / 10.0)
-    assert rows["adamw_fused"]["vs_adamw"] is None
+    assert rows["adamw_fused"]["vs_adamw"] is None and rows["adamw_fused"]["dtype"] == "bfloat16"
     assert rows["slimadam_fused"]["transient_bytes"] == 8192 and rows["slimadam_fused"]["gbps"] == pytest.approx(17.5)
     targets = {r["target"]: r for r in fused_target_rows(c)}
     assert targets["slimadam_fused/adamw_fused"]["ratio"] == 0.8 and targets["slimadam_fused/adamw_fused"]["met"]

@@ -578,7 +578,8 @@ def _fused_entries(c: Collection) -> list[tuple[str, dict]]:
 
 def _fused_case(e: dict, source: str) -> dict:
     """The fields every fused-suite row starts with: which case, where, and the file it came from."""
-    return {"size": e.get("size"), "threads": e.get("threads"), "device": e.get("device"), "sources": [source]}
+    return {"size": e.get("size"), "threads": e.get("threads"), "device": e.get("device"), "dtype": e.get("dtype"),
+            "sources": [source]}
 
 
 def _reference_path(path: str) -> str:
@@ -606,7 +607,7 @@ def fused_rows(c: Collection) -> list[dict]:
 
 
 FUSED_COLUMNS = [Column("size", "size"), Column("path", "path"), Column("n_params", "params", "int"),
-                 Column("device", "device"), Column("threads", "threads", "int"),
+                 Column("device", "device"), Column("dtype", "dtype"), Column("threads", "threads", "int"),
                  Column("min_s", "min ms", "ms"), Column("median_s", "median ms", "ms"),
                  Column("vs_adamw", "vs AdamW (same kind)", "x2"), Column("gbps", "effective GB/s", "f2"),
                  Column("state_bytes", "state MiB", "mib"), Column("transient_bytes", "transient MiB", "mib")]
@@ -629,7 +630,8 @@ def fused_target_rows(c: Collection) -> list[dict]:
     return rows
 
 
-FUSED_TARGET_COLUMNS = [Column("size", "size"), Column("device", "device"), Column("threads", "threads", "int"),
+FUSED_TARGET_COLUMNS = [Column("size", "size"), Column("device", "device"), Column("dtype", "dtype"),
+                        Column("threads", "threads", "int"),
                         Column("target", "ratio (or transient check)"), Column("ratio", "measured (min)", "x2"),
                         Column("ratio_median", "(median)", "x2"), Column("limit", "target", "x2"),
                         Column("met", "met", "bool"), Column("compile_s", "compile s (cold)", "f2"),
