@@ -279,14 +279,16 @@ def test_native_kernel_runs_without_compiling(monkeypatch: pytest.MonkeyPatch) -
     assert_close_fp32(run("two_groups", hp, 4, 9, foreach=False), run("two_groups", hp, 4, 9, fused=True))
 
 
-def test_native_kernel_is_the_same_with_two_threads() -> None:
-    """OpenMP splits work items between threads; each item owns its entries, and a column's sum runs down
-    the rows in the same order however the columns are blocked, so threads change nothing, to the bit."""
+def test_native_kernel_with_two_threads() -> None:
+    """Threads split work items; each owns its entries, and a column's sum runs down the rows in the same
+    order however the columns are blocked, so owned items change nothing, to the bit. A block the team
+    shares (a big fan_out gradient) adds per-thread partial sums: equal to fp32 rounding."""
     from slimbench.optim import _native
 
     hp = {"lr": 0.02, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1}
-    # Items per tensor > 1: a big Adam tensor, many rows, several column blocks (BLOCK_BYTES forces it).
-    shapes = {"a": ((70000,), []), "rows": ((3000, 40), [1]), "cols": ((300, 4000), [0])}
+    # A big Adam tensor and many rows (ranges of entries / rows), a mid-size fan_out weight (a column block
+    # per thread), a big one (shared by the team; BLOCK_BYTES is lowered to 1 MiB below to make it so).
+    shapes = {"a": ((70000,), []), "rows": ((3000, 40), [1]), "mid": ((64, 2000), [0]), "big": ((300, 4000), [0])}
 
     def once(threads: int) -> list[torch.Tensor]:
         g = torch.Generator().manual_seed(0)
@@ -304,14 +306,19 @@ def test_native_kernel_is_the_same_with_two_threads() -> None:
         return [p.detach() for _, p in named]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_native, "BLOCK_BYTES", 1 << 16)
+        mp.setattr(_native, "BLOCK_BYTES", 1 << 20)
         _native.clear_cache()
-        plan = _native.make_plan([torch.Size((300, 4000))], [(0,)], 4, threads=2)
-        assert plan.n_items > 1  # two threads split the fan_out tensor's columns; one thread takes it whole
-        one, two = once(1), once(2)
+        plan = _native.make_plan([torch.Size(s) for s, _ in shapes.values()], [tuple(k) for _, k in shapes.values()],
+                                 4, threads=2)
+        items = list(plan.items)
+        assert [items[4 * k] for k in range(plan.n_items)].count(2) == 2  # "mid": one column block per thread
+        assert plan.n_shared == 1 and plan.shared[0] == 3  # "big": one block, shared
+        one, two, three = once(1), once(2), once(3)  # three threads on two cores: barriers still hold
     _native.clear_cache()
-    for x, y in zip(one, two):
-        assert torch.equal(x, y)
+    for x, y, z in zip(one[:3], two[:3], three[:3]):
+        assert torch.equal(x, y) and torch.equal(x, z)
+    assert_close_fp32(one[3:], two[3:])
+    assert_close_fp32(one[3:], three[3:])
 
 
 def test_native_unavailable_falls_back_to_compile_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -364,7 +371,7 @@ def test_tensors_the_kernel_cannot_take_go_to_the_compiled_path(monkeypatch: pyt
 @settings(max_examples=100, deadline=None)
 @given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=4), data=st.data())
 def test_native_plan_covers_every_entry_once(shape: list[int], data) -> None:
-    """Work items partition each tensor: every entry of p (and of V) belongs to exactly one item."""
+    """Work items (owned or shared) partition each tensor: every entry of p and of V is in exactly one."""
     from slimbench.optim import _native
 
     n = len(shape)
@@ -376,10 +383,11 @@ def test_native_plan_covers_every_entry_once(shape: list[int], data) -> None:
         mp.setattr(_native, "ITEM_ENTRIES", data.draw(st.sampled_from([16, 1 << 14])))
         mp.setattr(_native, "BLOCK_BYTES", data.draw(st.sampled_from([64, 1 << 22])))
         mp.setattr(_native, "MAX_W", data.draw(st.sampled_from([16, 2048])))
-        plan = _native.make_plan([torch.Size(shape)], [dims], 4)
+        plan = _native.make_plan([torch.Size(shape)], [dims], 4, threads=data.draw(st.integers(1, 3)))
     seen = torch.zeros(o, r, i, dtype=torch.int64)
-    items = list(plan.items)
-    for k in range(plan.n_items):
+    items = list(plan.items) + list(plan.shared)  # shared blocks: columns of a fan_out tensor, like items
+    assert plan.n_shared == 0 or (r > 1 and i > 1)
+    for k in range(plan.n_items + plan.n_shared):
         t, oo, a, b = items[4 * k: 4 * k + 4]
         assert t == 0
         if r == 1:

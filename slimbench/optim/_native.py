@@ -5,7 +5,8 @@ consumes it, so the compiled step reads G twice from memory and allocates its pa
 stays 1.02-1.22x slower than torch's fused AdamW. The step SlimAdam needs is simple enough to write by
 hand (``_native_kernel.c``): each tensor is viewed as (O, R, I) with K the middle R dims, and each work
 item reduces G*G over a row (K trailing, e.g. fan_in) or a block of columns (K leading, e.g. fan_out)
-and immediately updates that row or block while it is still in cache. Per parameter of n entries of b
+and immediately updates that row or block while it is still in cache. With several threads, the blocks
+of a fan_out gradient too large for cache are shared by the whole team (rows split between threads). Per parameter of n entries of b
 bytes it moves 5nb (p, G, M read; p, M written) plus the reduced V, against fused AdamW's 7nb, and it
 allocates nothing on the heap (no transient memory at all).
 
@@ -130,7 +131,7 @@ def library() -> ctypes.CDLL:
                 continue
             fn = getattr(lib, f"slimadam_step_{suffix}")
             fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                           *([ctypes.c_double] * 5), ctypes.c_int, ctypes.c_int]
+                           ctypes.c_void_p, ctypes.c_int64, *([ctypes.c_double] * 5), ctypes.c_int, ctypes.c_int]
             fn.restype = ctypes.c_int
         if lib.slimadam_max_block() != MAX_W:
             raise NativeUnavailable(f"kernel block size {lib.slimadam_max_block()} != {MAX_W}")
@@ -165,13 +166,19 @@ def _ready(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: Tensor) -> bool:
             and step.dtype == torch.float32 and step.is_cpu)
 
 
+def shared_by_team(rows: int, cols: int, itemsize: int, threads: int) -> bool:
+    """Whether a leading-K gradient's blocks are done by all threads together (rows split between them):
+    with several threads, a gradient beyond BLOCK_BYTES, whose second read comes from memory anyway."""
+    return threads > 1 and rows * cols * itemsize > BLOCK_BYTES
+
+
 def column_block(rows: int, cols: int, itemsize: int, threads: int = 1) -> int:
     """Columns per block for a leading-K reduction (see BLOCK_BYTES): all of them, or even blocks <= MAX_W;
-    with several threads, a gradient of SPLIT_BYTES or more gets a block per thread (blocks are the unit
-    threads share; one 4 MiB fan_out weight ran 2x slower than AdamW's two threads on one)."""
+    with several threads, a gradient of SPLIT_BYTES up to BLOCK_BYTES gets a block per thread (blocks are
+    what threads own; one 4 MiB fan_out weight ran 2x slower than AdamW's two threads on one)."""
     size = rows * cols * itemsize
     n_blocks = -(-cols // MAX_W)
-    if size > BLOCK_BYTES or (threads > 1 and size >= SPLIT_BYTES):
+    if threads > 1 and SPLIT_BYTES <= size <= BLOCK_BYTES:
         n_blocks = max(n_blocks, min(threads, cols // MIN_SPLIT_W))
     if n_blocks == 1:
         return cols
@@ -181,15 +188,18 @@ def column_block(rows: int, cols: int, itemsize: int, threads: int = 1) -> int:
 
 @dataclass(frozen=True)
 class Plan:
-    """A bucket's (O, R, I) per tensor and its work items, as the C arrays the kernel reads."""
+    """A bucket's (O, R, I) per tensor and its work items, as the C arrays the kernel reads: ``items``
+    are owned by one thread each, ``shared`` ones are done by the whole team (see shared_by_team)."""
 
     shapes: ctypes.Array
     items: ctypes.Array
     n_items: int
+    shared: ctypes.Array
+    n_shared: int
 
 
 def make_plan(shapes: list[torch.Size], dims: list[tuple[int, ...]], itemsize: int, threads: int = 1) -> Plan:
-    views, items = [], []
+    views, items, shared = [], [], []
     for i, (shape, k) in enumerate(zip(shapes, dims)):
         o, r, n_in = native_view(shape, k)
         views += [o, r, n_in]
@@ -201,8 +211,13 @@ def make_plan(shapes: list[torch.Size], dims: list[tuple[int, ...]], itemsize: i
             items += [x for lo in range(0, o, step) for x in (i, 0, lo, min(o, lo + step))]
         else:  # blocks of columns of each o
             w = column_block(r, n_in, itemsize, threads)
-            items += [x for oo in range(o) for lo in range(0, n_in, w) for x in (i, oo, lo, min(n_in, lo + w))]
-    return Plan((ctypes.c_int64 * len(views))(*views), (ctypes.c_int64 * len(items))(*items), len(items) // 4)
+            blocks = [x for oo in range(o) for lo in range(0, n_in, w) for x in (i, oo, lo, min(n_in, lo + w))]
+            if shared_by_team(r, n_in, itemsize, threads):
+                shared += blocks
+            else:
+                items += blocks
+    return Plan((ctypes.c_int64 * len(views))(*views), (ctypes.c_int64 * len(items))(*items), len(items) // 4,
+                (ctypes.c_int64 * len(shared))(*shared), len(shared) // 4)
 
 
 _plans: dict[tuple, Plan] = {}
@@ -249,8 +264,8 @@ def step_where_possible(params: list[Tensor], grads: list[Tensor], exp_avgs: lis
         ptrs = array.array("q", [lst[i].data_ptr() for lst in (params, grads, exp_avgs, exp_avg_sqs, state_steps)
                                  for i in idx])
         getattr(lib, f"slimadam_step_{DTYPES[dtype]}")(
-            len(idx), ptrs.buffer_info()[0], plan.shapes, plan.items, plan.n_items, hp.lr, hp.beta1, hp.beta2,
-            hp.eps, hp.weight_decay, int(hp.maximize), threads)
+            len(idx), ptrs.buffer_info()[0], plan.shapes, plan.items, plan.n_items, plan.shared, plan.n_shared,
+            hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, int(hp.maximize), threads)
     if len(take) == len(params):
         return []
     taken = set(take)

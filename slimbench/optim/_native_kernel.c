@@ -11,12 +11,18 @@
  *           R rows of the block (eight rows at a time), update W entries of V, then update the block,
  *           whose G is then still in L2/L3 when R * W * bytes is a few MiB (which the planner aims for).
  *
- * No heap allocation: the per-block sums and scales live on the stack (MAX_W entries). Sums of squares
+ * Work items (tensor, o, lo, hi) are planned once per bucket structure in Python and split among threads
+ * by OpenMP (dynamic schedule; no team at all with one thread). A block too large for one thread to own
+ * (a "shared" item: a big fan_out gradient with several threads) is done by the whole team instead:
+ * each thread sums its share of the rows, the partial sums are added per column, then each thread
+ * updates its rows.
+ *
+ * No heap allocation: sums and scales live on the stack (MAX_W entries per thread). Sums of squares
  * accumulate in double. Storage may be fp32, fp64, bf16 or fp16 (S); the update is computed in T (fp32
- * for the half types) and each result rounded once when stored. Work items (tensor, o, lo, hi) are planned once per bucket structure in Python
- * and split among threads by OpenMP (dynamic schedule; no team at all with one thread).
+ * for the half types) and each result rounded once when stored.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -49,9 +55,19 @@ static inline uint16_t bf16_store(float f) {
 /* _Float16 needs gcc >= 12 or clang >= 15 on x86-64; without it the library has no f16 entry point and
    fp16 tensors take the compiled path (slimbench/optim/_native.py checks which entry points exist). */
 
+/* Per-tensor scalars of one step. */
+typedef struct {
+    double neg_step, bc2_sqrt;
+} Scalars;
+
 #define DEFINE_STEP(SUFFIX, S, T, LD, ST, SQRT)                                                                  \
-    static void adam_range_##SUFFIX(S *p, const S *g, S *m, S *v, int64_t lo, int64_t hi, T sign, T decay,       \
-                                    T w1, T b2, T w2, T neg_step, T bc2_sqrt, T eps) {                           \
+    typedef struct {                                                                                             \
+        T sign, decay, w1, b2, w2, eps;                                                                          \
+    } Hyper_##SUFFIX;                                                                                            \
+                                                                                                                 \
+    static void adam_range_##SUFFIX(S *p, const S *g, S *m, S *v, int64_t lo, int64_t hi,                       \
+                                    const Hyper_##SUFFIX *h, T neg_step, T bc2_sqrt) {                           \
+        const T sign = h->sign, decay = h->decay, w1 = h->w1, b2 = h->b2, w2 = h->w2, eps = h->eps;              \
         _Pragma("omp simd")                                                                                      \
         for (int64_t j = lo; j < hi; j++) {                                                                      \
             T gj = sign * LD(g[j]), mj0 = LD(m[j]);                                                              \
@@ -63,17 +79,18 @@ static inline uint16_t bf16_store(float f) {
         }                                                                                                        \
     }                                                                                                            \
                                                                                                                  \
-    static void rows_##SUFFIX(S *p, const S *g, S *m, S *v, int64_t R, int64_t lo, int64_t hi, T sign,           \
-                              T decay, T w1, T b2, T w2, T neg_step, T bc2_sqrt, T eps) {                        \
+    static void rows_##SUFFIX(S *p, const S *g, S *m, S *v, int64_t R, int64_t lo, int64_t hi,                   \
+                              const Hyper_##SUFFIX *h, T neg_step, T bc2_sqrt) {                                 \
+        const T sign = h->sign, decay = h->decay, w1 = h->w1;                                                    \
         for (int64_t r = lo; r < hi; r++) {                                                                      \
             const S *gr = g + r * R;                                                                             \
             S *pr = p + r * R, *mr = m + r * R;                                                                  \
             double s = 0.0;                                                                                      \
             _Pragma("omp simd reduction(+ : s)")                                                                 \
             for (int64_t k = 0; k < R; k++) s += (double)LD(gr[k]) * (double)LD(gr[k]);                          \
-            T vr = LD(v[r]) * b2 + w2 * (T)(s / (double)R);                                                      \
+            T vr = LD(v[r]) * h->b2 + h->w2 * (T)(s / (double)R);                                                \
             v[r] = ST(vr);                                                                                       \
-            T scale = neg_step / (SQRT(vr) / bc2_sqrt + eps);                                                    \
+            T scale = neg_step / (SQRT(vr) / bc2_sqrt + h->eps);                                                 \
             _Pragma("omp simd")                                                                                  \
             for (int64_t k = 0; k < R; k++) {                                                                    \
                 T mk0 = LD(mr[k]), mk = mk0 + w1 * (sign * LD(gr[k]) - mk0);                                     \
@@ -83,39 +100,45 @@ static inline uint16_t bf16_store(float f) {
         }                                                                                                        \
     }                                                                                                            \
                                                                                                                  \
-    static void columns_##SUFFIX(S *p, const S *g, S *m, S *v, int64_t R, int64_t I, int64_t o, int64_t lo,      \
-                                 int64_t hi, T sign, T decay, T w1, T b2, T w2, T neg_step, T bc2_sqrt,          \
-                                 T eps) {                                                                        \
-        double acc[MAX_W];                                                                                       \
-        T scale[MAX_W];                                                                                          \
-        const int64_t w = hi - lo, base = o * R * I + lo;                                                        \
-        for (int64_t c = 0; c < w; c++) acc[c] = 0.0;                                                            \
-        int64_t r = 0;                                                                                           \
-        /* Eight rows per pass over acc: eight memory streams in flight and 1/8 of acc's loads and stores        \
-           (one row at a time ran at a third of the bandwidth). */                                               \
-        for (; r + 8 <= R; r += 8) {                                                                             \
-            const S *gr = g + base + r * I;                                                                      \
+    /* acc[c] += sum over rows r0..r1 of G[r, c]^2 for the w columns at g (row stride I). Eight rows per pass    \
+       over acc: eight memory streams in flight and 1/8 of acc's loads and stores (one row at a time ran at     \
+       a third of the bandwidth). */                                                                             \
+    static void column_sums_##SUFFIX(const S *g, int64_t I, int64_t r0, int64_t r1, int64_t w, double *acc) {    \
+        int64_t r = r0;                                                                                          \
+        for (; r + 8 <= r1; r += 8) {                                                                            \
+            const S *gr = g + r * I;                                                                             \
             _Pragma("omp simd")                                                                                  \
             for (int64_t c = 0; c < w; c++) {                                                                    \
                 double x0 = LD(gr[c]), x1 = LD(gr[c + I]), x2 = LD(gr[c + 2 * I]), x3 = LD(gr[c + 3 * I]);       \
-                double x4 = LD(gr[c + 4 * I]), x5 = LD(gr[c + 5 * I]), x6 = LD(gr[c + 6 * I]), x7 = LD(gr[c + 7 * I]); \
+                double x4 = LD(gr[c + 4 * I]), x5 = LD(gr[c + 5 * I]);                                           \
+                double x6 = LD(gr[c + 6 * I]), x7 = LD(gr[c + 7 * I]);                                           \
                 acc[c] += ((x0 * x0 + x1 * x1) + (x2 * x2 + x3 * x3)) + ((x4 * x4 + x5 * x5) + (x6 * x6 + x7 * x7)); \
             }                                                                                                    \
         }                                                                                                        \
-        for (; r < R; r++) {                                                                                     \
-            const S *gr = g + base + r * I;                                                                      \
+        for (; r < r1; r++) {                                                                                    \
+            const S *gr = g + r * I;                                                                             \
             _Pragma("omp simd")                                                                                  \
             for (int64_t c = 0; c < w; c++) acc[c] += (double)LD(gr[c]) * (double)LD(gr[c]);                     \
         }                                                                                                        \
-        S *vo = v + o * I + lo;                                                                                  \
+    }                                                                                                            \
+                                                                                                                 \
+    /* V <- b2 V + w2 sum / R for w columns, and the per-column scale -step / (sqrt(V) / bc2 + eps). */         \
+    static void column_scales_##SUFFIX(S *vo, const double *sum, int64_t R, int64_t w, const Hyper_##SUFFIX *h,  \
+                                       T neg_step, T bc2_sqrt, T *scale) {                                       \
         for (int64_t c = 0; c < w; c++) {                                                                        \
-            T vc = LD(vo[c]) * b2 + w2 * (T)(acc[c] / (double)R);                                                \
+            T vc = LD(vo[c]) * h->b2 + h->w2 * (T)(sum[c] / (double)R);                                          \
             vo[c] = ST(vc);                                                                                      \
-            scale[c] = neg_step / (SQRT(vc) / bc2_sqrt + eps);                                                   \
+            scale[c] = neg_step / (SQRT(vc) / bc2_sqrt + h->eps);                                                \
         }                                                                                                        \
-        for (r = 0; r < R; r++) {                                                                                \
-            const S *gr = g + base + r * I;                                                                      \
-            S *pr = p + base + r * I, *mr = m + base + r * I;                                                    \
+    }                                                                                                            \
+                                                                                                                 \
+    /* M and p for rows r0..r1 of w columns (row stride I), the scale broadcast down the rows. */               \
+    static void column_update_##SUFFIX(S *p, const S *g, S *m, int64_t I, int64_t r0, int64_t r1, int64_t w,     \
+                                       const Hyper_##SUFFIX *h, const T *scale) {                                \
+        const T sign = h->sign, decay = h->decay, w1 = h->w1;                                                    \
+        for (int64_t r = r0; r < r1; r++) {                                                                      \
+            const S *gr = g + r * I;                                                                             \
+            S *pr = p + r * I, *mr = m + r * I;                                                                  \
             _Pragma("omp simd")                                                                                  \
             for (int64_t c = 0; c < w; c++) {                                                                    \
                 T mc0 = LD(mr[c]), mc = mc0 + w1 * (sign * LD(gr[c]) - mc0);                                     \
@@ -125,39 +148,85 @@ static inline uint16_t bf16_store(float f) {
         }                                                                                                        \
     }                                                                                                            \
                                                                                                                  \
+    /* One thread owns the block: columns lo..hi of slab o. */                                                   \
+    static void columns_##SUFFIX(S *p, const S *g, S *m, S *v, int64_t R, int64_t I, int64_t o, int64_t lo,      \
+                                 int64_t hi, const Hyper_##SUFFIX *h, T neg_step, T bc2_sqrt) {                  \
+        double acc[MAX_W];                                                                                       \
+        T scale[MAX_W];                                                                                          \
+        const int64_t w = hi - lo, base = o * R * I + lo;                                                        \
+        for (int64_t c = 0; c < w; c++) acc[c] = 0.0;                                                            \
+        column_sums_##SUFFIX(g + base, I, 0, R, w, acc);                                                         \
+        column_scales_##SUFFIX(v + o * I + lo, acc, R, w, h, neg_step, bc2_sqrt, scale);                         \
+        column_update_##SUFFIX(p + base, g + base, m + base, I, 0, R, w, h, scale);                              \
+    }                                                                                                            \
+                                                                                                                 \
+    /* The whole team shares the block: rows split between threads, partial sums added per column. Called      \
+       inside a parallel region by every thread. parts[t] points at thread t's partial sums (its stack).        \
+       Thread t then owns columns c0..c1: it adds every thread's partial sums there (in thread order) into      \
+       its own acc, which no other thread reads at those columns, updates V and the scales there. */           \
+    static void columns_shared_##SUFFIX(S *p, const S *g, S *m, S *v, int64_t R, int64_t I, int64_t o,           \
+                                        int64_t lo, int64_t hi, const Hyper_##SUFFIX *h, T neg_step,             \
+                                        T bc2_sqrt, double **parts, T *scale) {                                  \
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();                                          \
+        const int64_t w = hi - lo, base = o * R * I + lo;                                                        \
+        const int64_t r0 = R * t / nt, r1 = R * (t + 1) / nt, c0 = w * t / nt, c1 = w * (t + 1) / nt;            \
+        double acc[MAX_W];                                                                                       \
+        for (int64_t c = 0; c < w; c++) acc[c] = 0.0;                                                            \
+        column_sums_##SUFFIX(g + base, I, r0, r1, w, acc);                                                       \
+        parts[t] = acc;                                                                                          \
+        _Pragma("omp barrier")                                                                                   \
+        for (int64_t c = c0; c < c1; c++) {                                                                      \
+            double total = 0.0;                                                                                  \
+            for (int u = 0; u < nt; u++) total += parts[u][c];                                                   \
+            acc[c] = total;                                                                                      \
+        }                                                                                                        \
+        column_scales_##SUFFIX(v + o * I + lo + c0, acc + c0, R, c1 - c0, h, neg_step, bc2_sqrt, scale + c0);    \
+        _Pragma("omp barrier") /* every scale is set; every partial sum has been read */                         \
+        column_update_##SUFFIX(p + base, g + base, m + base, I, r0, r1, w, h, scale);                            \
+        _Pragma("omp barrier") /* scale is shared: the next block may overwrite it only after this one */        \
+    }                                                                                                            \
+                                                                                                                 \
     /* ptrs: 5 arrays of n pointers (p, g, m, v, step), step counters are float32 scalars.                       \
-       shapes: n rows of (O, R, I). Returns 0. */                                                                \
+       shapes: n rows of (O, R, I). items: owned by one thread; shared: done by the whole team. Returns 0. */    \
     int slimadam_step_##SUFFIX(int64_t n, void *const *ptrs, const int64_t *shapes, const Item *items,           \
-                               int64_t n_items, double lr, double beta1, double beta2, double eps,               \
-                               double weight_decay, int maximize, int threads) {                                 \
+                               int64_t n_items, const Item *shared, int64_t n_shared, double lr, double beta1,   \
+                               double beta2, double eps, double weight_decay, int maximize, int threads) {       \
         S *const *P = (S *const *)ptrs;                                                                          \
         const S *const *G = (const S *const *)(ptrs + n);                                                        \
         S *const *M = (S *const *)(ptrs + 2 * n);                                                                \
         S *const *V = (S *const *)(ptrs + 3 * n);                                                                \
-        float *const *STEP = (float *const *)(ptrs + 4 * n);                                                        \
+        float *const *STEP = (float *const *)(ptrs + 4 * n);                                                     \
         /* Per-tensor scalars, in double as the for-loop computes them in Python, then rounded to T. */          \
         T neg_step[n], bc2_sqrt[n];                                                                              \
         for (int64_t i = 0; i < n; i++) {                                                                        \
-            *STEP[i] += 1.0f;                                                                                       \
-            double t = (double)*STEP[i];                                                                            \
+            *STEP[i] += 1.0f;                                                                                    \
+            double t = (double)*STEP[i];                                                                         \
             neg_step[i] = (T)(-(lr / (1.0 - pow(beta1, t))));                                                    \
             bc2_sqrt[i] = (T)sqrt(1.0 - pow(beta2, t));                                                          \
         }                                                                                                        \
-        const T sign = maximize ? (T)-1 : (T)1, decay = (T)(1.0 - lr * weight_decay), w1 = (T)(1.0 - beta1);     \
-        const T b2 = (T)beta2, w2 = (T)(1.0 - beta2), e = (T)eps;                                                \
+        const Hyper_##SUFFIX h = {maximize ? (T)-1 : (T)1, (T)(1.0 - lr * weight_decay), (T)(1.0 - beta1),      \
+                                  (T)beta2, (T)(1.0 - beta2), (T)eps};                                           \
+        if (n_shared > 0) {                                                                                      \
+            double *parts[threads > 0 ? threads : 1];                                                            \
+            T scale[MAX_W];                                                                                      \
+            _Pragma("omp parallel num_threads(threads)")                                                         \
+            for (int64_t k = 0; k < n_shared; k++) {                                                             \
+                const Item it = shared[k];                                                                       \
+                const int64_t i = it.tensor;                                                                     \
+                columns_shared_##SUFFIX(P[i], G[i], M[i], V[i], shapes[3 * i + 1], shapes[3 * i + 2], it.o,      \
+                                        it.lo, it.hi, &h, neg_step[i], bc2_sqrt[i], parts, scale);               \
+            }                                                                                                    \
+        }                                                                                                        \
         _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)")                   \
         for (int64_t k = 0; k < n_items; k++) {                                                                  \
             const Item it = items[k];                                                                            \
             const int64_t i = it.tensor, R = shapes[3 * i + 1], I = shapes[3 * i + 2];                           \
             if (R == 1)                                                                                          \
-                adam_range_##SUFFIX(P[i], G[i], M[i], V[i], it.lo, it.hi, sign, decay, w1, b2, w2,               \
-                                    neg_step[i], bc2_sqrt[i], e);                                                \
+                adam_range_##SUFFIX(P[i], G[i], M[i], V[i], it.lo, it.hi, &h, neg_step[i], bc2_sqrt[i]);         \
             else if (I == 1)                                                                                     \
-                rows_##SUFFIX(P[i], G[i], M[i], V[i], R, it.lo, it.hi, sign, decay, w1, b2, w2, neg_step[i],     \
-                              bc2_sqrt[i], e);                                                                   \
+                rows_##SUFFIX(P[i], G[i], M[i], V[i], R, it.lo, it.hi, &h, neg_step[i], bc2_sqrt[i]);            \
             else                                                                                                 \
-                columns_##SUFFIX(P[i], G[i], M[i], V[i], R, I, it.o, it.lo, it.hi, sign, decay, w1, b2, w2,      \
-                                 neg_step[i], bc2_sqrt[i], e);                                                   \
+                columns_##SUFFIX(P[i], G[i], M[i], V[i], R, I, it.o, it.lo, it.hi, &h, neg_step[i], bc2_sqrt[i]); \
         }                                                                                                        \
         return 0;                                                                                                \
     }
