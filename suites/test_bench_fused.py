@@ -34,7 +34,8 @@ rounds (its step time does not depend on the step count).
   * ``transient_bytes``: the step's peak of new memory over its start, per path. CPU: peak resident set
     (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) in a fresh subprocess where glibc
     serves every allocation >= 4 KiB by mmap, so a freed temporary returns its pages and the next one is
-    seen again; resolution one page, and the same method for every path, compiled or not.
+    seen again, and never trims its brk heap, so Python's small objects do not; resolution one page, and
+    the same method for every path, compiled or not.
     ``transient_bytes_dispatch`` adds slimbench.memory.profile.step_memory (a TorchDispatchMode) for
     the paths it can see (not the fused ones, whose kernels it cannot look into). CUDA: step_memory (the
     caching allocator's exact peak).
@@ -258,7 +259,8 @@ def transient_memory(size: str, device: torch.device, dtype: torch.dtype, opts: 
 
 
 RSS_METHOD = ("cpu: peak resident set over the step (VmHWM reset via /proc/self/clear_refs), glibc mmap "
-              "threshold 4 KiB so freed temporaries return their pages; min of 3 steps; fresh process")
+              "threshold 4 KiB so freed temporaries return their pages, heap trimming off so small Python "
+              "objects do not; min of 3 steps; fresh process")
 
 
 def _rss_main(size: str, dtype_name: str) -> dict:
@@ -267,8 +269,12 @@ def _rss_main(size: str, dtype_name: str) -> dict:
     import re
 
     libc = ctypes.CDLL("libc.so.6")
-    M_MMAP_THRESHOLD = -3
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     libc.mallopt(M_MMAP_THRESHOLD, 4096)
+    # Allocations under 4 KiB (Python objects, never a tensor temporary worth counting) come from the brk
+    # heap; with trimming on, a step whose small objects straddle the heap's top returned and re-touched
+    # pages every step, 8-86 KiB in some processes and 0 in others, for any path.
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
     def rss() -> tuple[int, int]:
         text = open("/proc/self/status").read()

@@ -52,7 +52,8 @@ def rss() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "suites"))
     from test_bench_fused import build_case
 
-    ctypes.CDLL("libc.so.6").mallopt(-3, 4096)  # M_MMAP_THRESHOLD, as the suite's measurement process
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 4096)  # M_MMAP_THRESHOLD, as the suite's measurement process; heap trimming left on
 
     def vm() -> tuple[int, int]:
         text = Path("/proc/self/status").read_text()
