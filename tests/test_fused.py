@@ -501,3 +501,19 @@ def test_a_dtype_the_kernel_library_lacks_goes_to_the_compiled_path(monkeypatch:
     opt.step()
     assert torch.float16 not in _native.DTYPES and torch.float32 in _native.DTYPES
     assert opt.state[p]["step"].item() == 1 and opt.state[p]["exp_avg_sq"].abs().sum() > 0
+
+
+def test_a_compiler_that_fails_is_a_clear_native_unavailable(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`$CC` that exits non-zero: NativeUnavailable naming the compiler, and no half-written library left."""
+    import shutil
+
+    from slimbench.optim import _native
+
+    false = shutil.which("false")
+    if false is None:
+        pytest.skip("no `false` command")
+    monkeypatch.setenv("CC", false)
+    monkeypatch.setenv("SLIMBENCH_CACHE", str(tmp_path))
+    with pytest.raises(_native.NativeUnavailable, match="failed to compile _native_kernel.c"):
+        _native.build()
+    assert list((tmp_path / "kernels").iterdir()) == []

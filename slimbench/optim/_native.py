@@ -101,8 +101,11 @@ def build(force: bool = False) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, check=False,
-                              timeout=300)
+        try:
+            proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+                                  check=False, timeout=300)
+        except subprocess.SubprocessError as e:  # e.g. a hung compiler: fall back rather than crash
+            raise NativeUnavailable(f"{cc} did not finish compiling {SOURCE.name}: {e}") from e
         if proc.returncode != 0:
             raise NativeUnavailable(f"{cc} failed to compile {SOURCE.name}: {proc.stderr.strip()[:300]}")
         os.replace(tmp, out)  # atomic: concurrent processes never load a half-written library
