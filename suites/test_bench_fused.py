@@ -11,8 +11,9 @@ the 30M case. Threads: the suites' default is 1 (suites/conftest.py), recorded a
 Cases: GPT-style parameter sets (:class:`slimbench.tasks.models.GPT`, tied head, SlimAdam with the paper's
 rules) of 1.08M, 4.26M (the issue's reference point) and 29.6M parameters, and six optimizer paths:
 AdamW fused / foreach, SlimAdam for-loop / foreach / fused (the default fused backend: the native C
-kernel on CPU, torch.compile on GPU) / compiled (``fused_backend="compile"``: torch.compile everywhere). Hyperparameters: lr 1e-3, betas (0.9, 0.95),
-weight decay 0.1; gradients drawn once per size (N(0, 1e-3^2)).
+kernel on CPU, torch.compile on GPU) / compiled (``fused_backend="compile"``: torch.compile everywhere).
+Hyperparameters: lr 1e-3, betas (0.9, 0.95), weight decay 0.1; gradients drawn once per size
+(N(0, 1e-3^2)).
 
 Per size, a module fixture measures every path once, *interleaved* (each round times every path in a
 rotated order), so ratios between paths come from the same machine state; on shared cores the other
@@ -213,25 +214,19 @@ def compare(size: str, device: torch.device, dtype: torch.dtype) -> tuple[Compar
 
 
 def native_build_seconds() -> float | None:
-    """Seconds to build the native kernel from source (into a scratch cache), or None where it cannot be built."""
+    """Seconds to build the native kernel from source (into a scratch directory), or None where it cannot."""
     import tempfile
+    from pathlib import Path
 
     from slimbench.optim import _native
 
     with tempfile.TemporaryDirectory() as tmp:
-        before = os.environ.get("SLIMBENCH_CACHE")
-        os.environ["SLIMBENCH_CACHE"] = tmp
+        t0 = time.perf_counter()
         try:
-            t0 = time.perf_counter()
-            _native.build(force=True)
-            return time.perf_counter() - t0
+            _native.build(force=True, directory=Path(tmp))
         except _native.NativeUnavailable:
             return None
-        finally:
-            if before is None:
-                del os.environ["SLIMBENCH_CACHE"]
-            else:
-                os.environ["SLIMBENCH_CACHE"] = before
+        return time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -36,6 +36,10 @@ class AdamHyper:
     maximize: bool = False
 
 
+# fused=True implementations: "auto" = the native CPU kernel where it applies, else torch.compile
+# (slimbench.optim._fused); "compile" = torch.compile for every tensor.
+FUSED_BACKENDS = ("auto", "compile")
+
 # Row blocks for leading-dim reductions: a gradient of up to 256 KiB is squared whole (one temporary the
 # size of G, for one op instead of 8-16; on a 1M-parameter GPT the blocks' per-op overhead was a tenth of
 # the foreach step), a larger one in blocks of 1/16 of it clamped to [32, 256] KiB.
@@ -177,12 +181,10 @@ def slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], 
     if not params:
         return
     if fused:
-        from slimbench.optim._fused import (
-            _fused_slimadam,  # imports torch.compile machinery only when used
-        )
+        # imported here: the fused paths' modules are only needed when used
+        from slimbench.optim._fused import _fused_slimadam
 
         _fused_slimadam(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims, hp, fused_backend)
         return
-    else:
-        impl = _multi_tensor_slimadam if foreach else _single_tensor_slimadam
+    impl = _multi_tensor_slimadam if foreach else _single_tensor_slimadam
     impl(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims, hp)

@@ -52,6 +52,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from slimbench.optim._functional import (
+    FUSED_BACKENDS,
     AdamHyper,
     _multi_tensor_slimadam,
     group_for_foreach,
@@ -191,9 +192,6 @@ def _compile_new() -> Callable:
     return torch.compile(fn, fullgraph=True, dynamic=False, options={"size_asserts": False})
 
 
-BACKENDS = ("auto", "compile")
-
-
 def _native_split(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
                   state_steps: list[Tensor], dims: list[tuple[int, ...]], hp: AdamHyper) -> list[int]:
     """Run the hand-written CPU kernel on every tensor it takes; return the indices of the rest."""
@@ -211,8 +209,8 @@ def _fused_slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Te
                     dims: list[tuple[int, ...]], hp: AdamHyper, backend: str = "auto") -> None:
     """SlimAdam fused: the native CPU kernel where it applies (backend "auto"), else one compiled graph
     per (device, dtype) bucket (see the module docstring)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown fused backend {backend!r}; expected one of {BACKENDS}")
+    if backend not in FUSED_BACKENDS:
+        raise ValueError(f"unknown fused backend {backend!r}; expected one of {FUSED_BACKENDS}")
     if backend == "auto" and not (torch.compiler.is_compiling() or is_in_torch_dispatch_mode()):
         rest = _native_split(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims, hp)
         if not rest:

@@ -6,12 +6,12 @@ stays 1.02-1.22x slower than torch's fused AdamW. The step SlimAdam needs is sim
 hand (``_native_kernel.c``): each tensor is viewed as (O, R, I) with K the middle R dims, and each work
 item reduces G*G over a row (K trailing, e.g. fan_in) or a block of columns (K leading, e.g. fan_out)
 and immediately updates that row or block while it is still in cache. With several threads, the blocks
-of a fan_out gradient too large for cache are shared by the whole team (rows split between threads). Per parameter of n entries of b
-bytes it moves 5nb (p, G, M read; p, M written) plus the reduced V, against fused AdamW's 7nb, and it
-allocates nothing on the heap (no transient memory at all).
+of a fan_out gradient too large for cache are shared by the whole team (rows split between threads).
+Per parameter of n entries of b bytes it moves 5nb (p, G, M read; p, M written) plus the reduced V,
+against fused AdamW's 7nb, and it allocates nothing on the heap (no transient memory at all).
 
 Build: the C file is compiled on first use with the system C compiler (``$CC``, else ``cc``/``gcc``;
-``-O3 -march=native -fopenmp``, well under a second) into ``$SLIMBENCH_CACHE/kernels`` (default
+``-O3 -march=native -fopenmp``, under a second) into ``$SLIMBENCH_CACHE/kernels`` (default
 ``~/.cache/slimbench/kernels``), named by a hash of the source, the flags, the compiler's version and
 the CPU's model and flags, so a shared home directory never hands one machine another's binary. OpenMP
 comes from the libgomp torch has already loaded; the kernel runs with ``torch.get_num_threads()``
@@ -46,7 +46,7 @@ SOURCE = Path(__file__).with_name("_native_kernel.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
 
-# Work items of about this many entries (64 KiB of fp32 G): small enough to balance two or more threads,
+# Work items of about this many entries (256 KiB of fp32 G): small enough to balance two or more threads,
 # large enough that an item's bookkeeping is noise.
 ITEM_ENTRIES = 1 << 16
 # Column blocks (K leading): a gradient of at most BLOCK_BYTES is one block, so the update pass re-reads G
@@ -85,8 +85,9 @@ def _cpu_signature() -> str:
         return platform.processor() or platform.machine()
 
 
-def build(force: bool = False) -> Path:
-    """Compile the kernel into the cache (once per source/flags/compiler/CPU) and return the library path."""
+def build(force: bool = False, directory: Path | None = None) -> Path:
+    """Compile the kernel into ``directory`` (default :func:`cache_dir`), once per source/flags/compiler/CPU,
+    and return the library path."""
     cc = _compiler()
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
@@ -94,7 +95,7 @@ def build(force: bool = False) -> Path:
         raise NativeUnavailable(f"{cc} --version failed: {e}") from e
     key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, platform.machine(),
                                     _cpu_signature()]).encode()).hexdigest()[:16]
-    out = cache_dir() / f"slimadam_{key}.so"
+    out = (directory or cache_dir()) / f"slimadam_{key}.so"
     if out.exists() and not force:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -244,16 +245,14 @@ def step_where_possible(params: list[Tensor], grads: list[Tensor], exp_avgs: lis
     structure = (tuple((p.shape, p.dtype, p.is_cpu) for p in params), tuple(dims))
     fit = _fits.get(structure)
     if fit is None:
-        fit = _fits[structure] = [i for i, (p, k) in enumerate(zip(params, dims)) if fits(p, k)]
+        candidates = [i for i, (p, k) in enumerate(zip(params, dims)) if fits(p, k)]
+        if candidates:
+            library()  # loading drops from DTYPES any dtype whose entry point the library lacks
+        fit = _fits[structure] = [i for i in candidates if params[i].dtype in DTYPES]
     take = [i for i in fit if _ready(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], state_steps[i])]
     if not take:
         return list(range(len(params)))
     lib = library()
-    if any(params[i].dtype not in DTYPES for i in take):  # loading found a dtype's entry point missing
-        fit = _fits[structure] = [i for i in fit if params[i].dtype in DTYPES]
-        take = [i for i in take if params[i].dtype in DTYPES]
-        if not take:
-            return list(range(len(params)))
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i in take:
         by_dtype.setdefault(params[i].dtype, []).append(i)

@@ -13,10 +13,13 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from slimbench.layers import parse_dims
-from slimbench.optim._functional import AdamHyper, reduced_shape, slimadam
+from slimbench.optim._functional import (
+    FUSED_BACKENDS,
+    AdamHyper,
+    reduced_shape,
+    slimadam,
+)
 from slimbench.rules import Assignment, RulesLike, resolve
-
-FUSED_BACKENDS = ("auto", "compile")  # kept in step with slimbench.optim._fused.BACKENDS (tested)
 
 
 def check_adam_hyper(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
