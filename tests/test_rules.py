@@ -95,10 +95,18 @@ def test_unknown_layer_type(tiny_gpt):
         SlimAdam(tiny_gpt.named_parameters(), rules={"type:queries": "fan_in"})
 
 
-def test_fused_qkv_left_uncompressed_and_said():
+def test_fused_qkv_compressed_per_block():
+    """Issue 11: a fused Q|K|V weight gets one V per block, each by its role (Q/K fan_in, V fan_out)."""
     got = resolve([("transformer.h.0.attn.c_attn.weight", (24, 8))], "paper")
     a = got["transformer.h.0.attn.c_attn.weight"]
-    assert a.dims == () and "fused QKV" in a.note
+    assert a.dims == () and [(b.block.role, b.label, b.v_shape) for b in a.blocks] == [
+        ("query", "fan_in", (8, 1)), ("key", "fan_in", (8, 1)), ("value", "fan_out", (1, 8))]
+    assert a.v_shape == (8 + 8 + 8,)
+
+
+def test_fused_weight_without_readable_blocks_falls_back_and_says_why():
+    a = resolve([("h.0.attn.c_attn.weight", (25, 8))], "paper")["h.0.attn.c_attn.weight"]
+    assert a.dims == () and not a.blocks and "fused weight left uncompressed" in a.note and "25" in a.note
 
 
 def test_rules_file_roundtrip(tmp_path, tiny_gpt):

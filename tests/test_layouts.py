@@ -1,0 +1,237 @@
+"""Layouts by meaning and fused weights by block (issue 11): SlimAdam on the models people train."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from slimbench import SlimAdam
+from slimbench.layouts import Block, fused_blocks, model_layouts, name_layouts
+from slimbench.rules import load_rules, resolve
+
+IMPLS = [dict(foreach=False), dict(foreach=True), dict(fused=True)]
+
+
+def _train(opt: torch.optim.Optimizer, params: list[torch.Tensor], grads_fn, steps: int = 5) -> None:
+    for t in range(steps):
+        for p, g in zip(params, grads_fn(t)):
+            p.grad = g
+        opt.step()
+
+
+def _grads(shapes, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    series = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(6)]
+    return lambda t: series[t]
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=["loop", "foreach", "fused"])
+def test_fused_qkv_equals_separate_blocks(impl):
+    """A (3d, d) Q|K|V weight under block rules is the same optimizer as three separate (d, d) weights."""
+    d, hp = 6, dict(lr=0.05, betas=(0.9, 0.99), weight_decay=0.1)
+    torch.manual_seed(0)
+    w = torch.randn(3 * d, d, dtype=torch.float64)
+    fused = nn.Parameter(w.clone())
+    sep = [nn.Parameter(w[i * d:(i + 1) * d].clone()) for i in range(3)]
+    opt_f = SlimAdam([("h.0.attn.qkv.weight", fused)], rules="paper", **hp, **impl)
+    opt_s = SlimAdam(list(zip(["h.0.attn.q_proj.weight", "h.0.attn.k_proj.weight", "h.0.attn.v_proj.weight"], sep)),
+                     rules="paper", **hp, **impl)
+    assert [b.label for b in opt_f.assignments["h.0.attn.qkv.weight"].blocks] == ["fan_in", "fan_in", "fan_out"]
+    gs = _grads([(3 * d, d)])
+    _train(opt_f, [fused], gs)
+    _train(opt_s, sep, lambda t: list(gs(t)[0].split(d)))
+    got, want = fused.detach(), torch.cat([p.detach() for p in sep])
+    if impl.get("foreach") is False:
+        assert torch.equal(got, want)  # the for-loop path: bit for bit
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+    v = opt_f.state[fused]["exp_avg_sq"]
+    assert v.shape == (d + d + d,)
+    assert opt_f.state[fused]["step"].item() == 5
+
+
+def test_conv1d_layout_equals_linear_transposed():
+    """A weight stored (in, out) with fan_out read from its layout trains like the (out, in) weight."""
+    d_in, d_out = 5, 7
+    torch.manual_seed(1)
+    w = torch.randn(d_out, d_in, dtype=torch.float64)
+    lin = nn.Linear(d_in, d_out, bias=False).double()
+    lin.weight.data.copy_(w)
+
+    class Conv1D(nn.Module):  # transformers' layout: weight (in, out), duck-typed by class name and ``nf``
+        def __init__(self) -> None:
+            super().__init__()
+            self.nf = d_out
+            self.weight = nn.Parameter(w.T.clone().contiguous())
+
+    class M(nn.Module):
+        def __init__(self, layer: nn.Module) -> None:
+            super().__init__()
+            self.mlp = nn.Module()
+            self.mlp.c_fc = layer
+
+    a, b = M(Conv1D()), M(lin)
+    oa, ob = SlimAdam(a, lr=0.05), SlimAdam(b, lr=0.05)
+    assert oa.assignments["mlp.c_fc.weight"].v_shape == (d_in, 1)  # fan_out of (in, out) is dim 1
+    assert ob.assignments["mlp.c_fc.weight"].v_shape == (1, d_in)
+    gs = _grads([(d_out, d_in)], seed=2)
+    _train(oa, [a.mlp.c_fc.weight], lambda t: [gs(t)[0].T.contiguous()])
+    _train(ob, [b.mlp.c_fc.weight], gs)
+    torch.testing.assert_close(a.mlp.c_fc.weight.detach().T, b.mlp.c_fc.weight.detach(), rtol=1e-14, atol=1e-14)
+
+
+def test_interleaved_heads_equal_separate_weights():
+    """GPT-NeoX / Bloom query_key_value rows repeat [q | k | v] per head: V's fan_out spans all heads."""
+    h, hd, d = 3, 2, 6
+
+    class Cfg:
+        num_attention_heads, hidden_size, model_type = h, d, "gpt_neox"
+
+    blocks, why = fused_blocks("layers.0.attention.query_key_value.weight", (3 * h * hd, d), 0, Cfg())
+    assert not why and [b.role for b in blocks] == ["query", "key", "value"]
+    torch.manual_seed(3)
+    w = torch.randn(3 * h * hd, d, dtype=torch.float64)
+
+    class NeoX(nn.Module):
+        config = Cfg()
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = nn.Module()
+            self.attention.query_key_value = nn.Linear(d, 3 * h * hd, bias=False).double()
+            self.attention.query_key_value.weight.data.copy_(w)
+
+    model = NeoX()
+    fused = model.attention.query_key_value.weight
+    rows = w.view(h, 3, hd, d)
+    sep = [nn.Parameter(rows[:, r].reshape(h * hd, d).clone()) for r in range(3)]
+    opt_f = SlimAdam(model, lr=0.05, foreach=False)
+    assert [b.label for b in opt_f.assignments["attention.query_key_value.weight"].blocks] == [
+        "fan_in", "fan_in", "fan_out"]
+    opt_s = SlimAdam(list(zip(["q_proj.weight", "k_proj.weight", "v_proj.weight"], sep)), lr=0.05, foreach=False)
+    gs = _grads([(3 * h * hd, d)], seed=4)
+    _train(opt_f, [fused], gs)
+    _train(opt_s, sep, lambda t: [gs(t)[0].view(h, 3, hd, d)[:, r].reshape(h * hd, d) for r in range(3)])
+    got = fused.detach().view(h, 3, hd, d)
+    for r in range(3):
+        assert torch.equal(got[:, r].reshape(h * hd, d), sep[r].detach())
+
+
+def test_block_state_round_trips_and_continues(tmp_path):
+    d = 4
+    torch.manual_seed(5)
+    w0 = torch.randn(3 * d, d, dtype=torch.float64)
+    gs = _grads([(3 * d, d)], seed=6)
+    full = nn.Parameter(w0.clone())
+    opt = SlimAdam([("attn.qkv.weight", full)], lr=0.05)
+    _train(opt, [full], gs, steps=6)
+    half = nn.Parameter(w0.clone())
+    o1 = SlimAdam([("attn.qkv.weight", half)], lr=0.05)
+    _train(o1, [half], gs, steps=3)
+    torch.save(o1.state_dict(), tmp_path / "opt.pt")
+    o2 = SlimAdam([("attn.qkv.weight", half)], lr=0.05, fused=True)
+    o2.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    _train(o2, [half], lambda t: gs(t + 3), steps=3)
+    torch.testing.assert_close(half.detach(), full.detach(), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=["loop", "foreach", "fused"])
+def test_checkpoint_that_does_not_fit_is_refused_naming_the_parameter(impl):
+    small = nn.Parameter(torch.randn(4, 8))
+    o = SlimAdam([("w", small)], rules={"w": "fan_in"})
+    small.grad = torch.randn(4, 8)
+    o.step()
+    big = nn.Parameter(torch.randn(64, 64))
+    o2 = SlimAdam([("w", big)], rules={"w": "fan_in"}, **impl)
+    with pytest.raises(ValueError, match=r"checkpoint does not fit 'w': its exp_avg is \[4, 8\]"):
+        o2.load_state_dict(o.state_dict())
+    o3 = SlimAdam([("w", nn.Parameter(torch.randn(4, 8)))], rules={"w": "fan_out"}, **impl)
+    with pytest.raises(ValueError, match=r"checkpoint was made under other rules: 'w' has K=\[1\]"):
+        o3.load_state_dict(o.state_dict())
+
+
+def test_rules_layer_and_match_through_wrapper_prefixes(tiny_gpt):
+    compiled_names = [(f"_orig_mod.module.{n}", p.shape) for n, p in tiny_gpt.named_parameters()]
+    got = resolve(compiled_names, ["paper", {"blocks.0.attn.q.weight": "none"}])
+    assert got["_orig_mod.module.blocks.0.attn.q.weight"].dims == ()
+    assert got["_orig_mod.module.blocks.1.attn.q.weight"].label == "fan_in"  # paper underneath
+
+
+def test_paper_reference_rules_file_loads(tmp_path, tiny_gpt):
+    names = [n for n, p in tiny_gpt.named_parameters() if p.dim() >= 2]
+    doc = {names[0]: [1], names[1]: None}
+    path = tmp_path / "paper_rules.json"
+    path.write_text(json.dumps(doc))
+    rs = load_rules(path)
+    got = resolve([(n, p.shape) for n, p in tiny_gpt.named_parameters()], rs)
+    assert got[names[0]].dims == (1,) and got[names[1]].dims == ()
+    path.write_text(json.dumps({names[0]: [0.7]}))
+    with pytest.raises(ValueError, match="list of ints"):
+        load_rules(path)
+
+
+def test_defaults_say_what_they_do():
+    p = nn.Parameter(torch.randn(4, 4))
+    with pytest.warns(UserWarning, match="bare parameters"):
+        SlimAdam([p])
+    with pytest.warns(UserWarning, match="compresses none of its 1 weights"):
+        SlimAdam([("w", nn.Parameter(torch.randn(4, 4)))], rules=None)
+    with pytest.warns(UserWarning, match="pass the model itself"):
+        SlimAdam([("h.0.mlp.c_fc.weight", nn.Parameter(torch.randn(4, 16)))])
+
+
+def test_weight_decay_only_on_matrices_by_default():
+    w, b = nn.Parameter(torch.ones(3, 3)), nn.Parameter(torch.ones(3))
+    opt = SlimAdam([("fc.weight", w), ("fc.bias", b)], lr=0.1, weight_decay=0.5, rules=None)
+    w.grad, b.grad = torch.zeros(3, 3), torch.zeros(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt.step()
+    assert torch.allclose(w, torch.full((3, 3), 0.95)) and torch.equal(b.detach(), torch.ones(3))
+    opt2 = SlimAdam([("fc.bias", b)], lr=0.1, weight_decay=0.5, rules=None, decay_vectors=True)
+    opt2.step()
+    assert torch.allclose(b, torch.full((3,), 0.95))
+
+
+def test_bad_parameters_are_refused():
+    p = nn.Parameter(torch.randn(3, 3))
+    with pytest.raises(ValueError, match="'b' is the same tensor as 'a'"):
+        SlimAdam([("a", p), ("b", p)])
+    with pytest.raises(ValueError, match="complex"):
+        SlimAdam([("z", nn.Parameter(torch.randn(3, 3, dtype=torch.complex64)))])
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=["loop", "foreach", "fused"])
+def test_zero_size_parameters_are_skipped(impl):
+    ps = [nn.Parameter(torch.randn(5, 0)), nn.Parameter(torch.randn(0, 5)), nn.Parameter(torch.randn(3, 3))]
+    opt = SlimAdam(list(zip(["a.weight", "b.weight", "c.weight"], ps)),
+                   rules={"a.weight": "fan_in", "b.weight": "fan_out", "c.weight": "fan_in"}, **impl)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert ps[2].detach().ne(0).all() and opt.state[ps[2]]["step"].item() == 1
+
+
+def test_name_layouts_read_the_conv1d_shape_of_c_attn():
+    lay = name_layouts([("h.0.attn.qkv.weight", (8, 24))])["h.0.attn.qkv.weight"]
+    assert lay.fan_out == (1,) and [b.role for b in lay.blocks] == ["query", "key", "value"]
+    assert Block.from_dict(lay.blocks[2].to_dict()) == lay.blocks[2]
+
+
+def test_hf_gpt2_paper_rules():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.AutoConfig.for_model("gpt2", n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=32)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    opt = SlimAdam(model, lr=1e-3)
+    a = opt.assignments
+    assert a["transformer.h.0.mlp.c_proj.weight"].v_shape == (256, 1)
+    assert a["transformer.h.0.attn.c_proj.weight"].v_shape == (64, 1)
+    assert a["transformer.h.0.mlp.c_fc.weight"].v_shape == (64, 1)
+    assert [b.label for b in a["transformer.h.0.attn.c_attn.weight"].blocks] == ["fan_in", "fan_in", "fan_out"]
+    x = torch.randint(0, 128, (2, 16))
+    model(x, labels=x).loss.backward()
+    opt.step()
+    assert opt.state[model.transformer.h[0].attn.c_attn.weight]["exp_avg_sq"].shape == (64 * 3,)
