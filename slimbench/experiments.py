@@ -47,7 +47,7 @@ import torch
 
 from slimbench.bench.results import RunResult, result_path
 from slimbench.bench.sweep import SweepConfig, run_sweep
-from slimbench.io import write_json_atomic
+from slimbench.io import write_atomic, write_json_atomic
 from slimbench.layers import PAPER_DIMS
 from slimbench.report.load import Collection, load
 from slimbench.report.tables import (Column, Table, half_range, lr_grid_columns, lr_grid_rows, lr_key, lr_rows,
@@ -928,7 +928,7 @@ def write_outputs(result: ExperimentResult, threads: int | None = 1) -> list[Pat
     for title, path in images:
         md += [f"![{title}]({path.name})", ""]
     tables_path = out / "tables.md"
-    tables_path.write_text("\n".join(md))
+    write_atomic(tables_path, "\n".join(md))
     files.append(tables_path)
     return files + [path for _, path in images]
 

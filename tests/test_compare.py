@@ -174,6 +174,7 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     base = write_runs(tmp_path / "base", _baseline_runs())
     assert main(["compare", str(base), str(base), "--check", "nope:1%"]) == 2
     assert "unknown metric" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # argparse: NEW is required
-        main(["compare", str(base)])
+    assert main(["compare", str(base)]) == 2  # argparse: NEW is required; one line, no usage dump
+    assert capsys.readouterr().err == ("error: python -m slimbench compare: the following arguments are required: "
+                                       "NEW (see --help)\n")
     assert main(["compare", str(tmp_path / "missing"), str(base)]) == 2

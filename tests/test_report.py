@@ -230,3 +230,56 @@ def test_cli_report(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")]) == 2
     assert "no result files" in capsys.readouterr().err
+
+
+def test_report_replaces_planted_symlinks_instead_of_writing_through_them(tmp_path):
+    _sweep(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for name in ("report.md", ".report.md.tmp", "report.json", "lr-gpt-tiny-steps-10.png"):
+        (out / name).symlink_to(victim)
+    written = write_report(load([tmp_path / "sweep"]), out)
+    assert victim.read_text() == "precious"
+    assert not (out / "report.md").is_symlink() and (out / "report.md").read_text().startswith("# slimbench report")
+    assert not (out / "lr-gpt-tiny-steps-10.png").is_symlink()
+    assert (out / "lr-gpt-tiny-steps-10.png").read_bytes()[:4] == b"\x89PNG" and written.images
+
+
+def test_a_full_disk_leaves_no_partial_report_file(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import slimbench.io as sio
+
+    _sweep(tmp_path)
+    real = sio.write_atomic
+
+    def full_at_png(path, data):  # the disk fills while the first plot is written
+        if str(path).endswith(".png"):
+            def half(f):
+                f.write(b"\x89PNG partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(path, half)
+        return real(path, data)
+
+    monkeypatch.setattr(sio, "write_atomic", full_at_png)
+    monkeypatch.setattr("slimbench.report.plots.write_atomic", full_at_png)
+    assert main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'r'}/") and err.endswith(".png: No space left on device\n")
+    assert list((tmp_path / "r").iterdir()) == []  # no 0-byte PNG, no temp file, no report.md
+
+
+def test_report_and_compare_skip_mistyped_run_files_with_one_warning(tmp_path, capsys):
+    folder = _sweep(tmp_path)
+    bad = sorted(folder.glob("*.json"))[0]
+    d = json.loads(bad.read_text())
+    d["val"] = [{"step": "zero", "loss": 1.0}]
+    bad.write_text(json.dumps(d))
+    assert main(["report", str(folder), "--out", str(tmp_path / "r"), "--no-plots", "--quiet"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"warning: skipped {bad}: a 'slimbench.run' file with a missing or bad field: field 'val' must be "
+                   "a list of {'step': int, 'loss': number or null}, got [{'step': 'zero', 'loss': 1.0}]"]
+    assert main(["compare", str(folder), str(folder)]) == 0
+    assert capsys.readouterr().err.splitlines() == err * 2  # once per side

@@ -1,8 +1,11 @@
 """Sweeps: the grid, resume after an interruption, errors that do not stop a sweep, executors, the CLI."""
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shlex
+import subprocess
 import sys
 import types
 
@@ -145,10 +148,13 @@ def test_a_result_from_another_config_or_version_is_an_error(tmp_path):
 def test_printed_commands_reproduce_each_run(tmp_path):
     runs = _sweep(optimizers=("adamw", "slimadam"), rules="paper", overrides={**FAST, "hidden": 32, "betas": [0.9, 0.95]},
                   divergence_factor=5.0).runs()
-    lines = sw.commands(runs, tmp_path / "out dir")
+    lines = sw.commands(runs, tmp_path / "out dir", threads=3)
     assert len(lines) == 4
     for cfg, line in zip(runs, lines):
-        args = build_parser().parse_args(shlex.split(line)[3:])
+        argv = shlex.split(line)
+        assert argv[:3] == [sys.executable, "-m", "slimbench"]
+        args = build_parser().parse_args(argv[3:])
+        assert args.threads == 3
         again = sw.SweepConfig(task=args.task, optimizers=args.optimizers, lrs=args.lrs, seeds=args.seeds,
                                preset=args.preset, rules=args.rules, overrides=dict(args.set),
                                divergence_factor=args.divergence_factor).runs()
@@ -159,8 +165,11 @@ def test_cli_print_commands_and_errors(tmp_path, capsys):
     out = tmp_path / "runs"
     assert main(["run", "--task", "digits", "--optimizers", "adamw,sgd", "--lrs", "1e-3,1e-2", "--steps", "20",
                  "--out", str(out), "--print-commands"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and all(line.startswith("python -m slimbench run --task digits") for line in lines)
+    got = capsys.readouterr()
+    lines = got.out.strip().splitlines()
+    prefix = f"{shlex.quote(sys.executable)} -m slimbench run --task digits"
+    assert len(lines) == 4 and all(line.startswith(prefix) and " --threads 1 " in line for line in lines)
+    assert "4 commands for the pending runs (0 of 4 already done)" in got.err
     assert main(["run", "--task", "digits", "--lrs=-1e-3", "--out", str(out)]) == 2
     assert "error: lr must be a finite number >= 0" in capsys.readouterr().err
     assert main(["run", "--task", "nope", "--out", str(out)]) == 2
@@ -210,3 +219,98 @@ def test_cli_sweep_with_the_real_registry(tmp_path, capsys):
     assert len(list(tmp_path.glob("*.json"))) == 4
     assert main(args) == 0
     assert "4 already done" in capsys.readouterr().err
+
+
+HOSTILE = "out dir 'q\" ; touch semi ; $(touch subst) `touch tick` & touch amp"
+
+
+def test_printed_commands_are_safe_for_any_out_path(tmp_path, capsys, monkeypatch):
+    """The README's runner executes each printed line with `sh -c`: a hostile --out is data, never code."""
+    argv = ["run", "--task", "digits", "--optimizers", "adamw", "--lrs", "1e-3,1e-2", "--steps", "2",
+            "--set", "eval_every=1", "--out", HOSTILE]
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(argv + ["--print-commands"]) == 0
+    printed = capsys.readouterr().out
+    assert main(argv + ["--commands-file", str(tmp_path / "jobs.txt")]) == 0
+    assert (tmp_path / "jobs.txt").read_text() == printed and "2 commands" in capsys.readouterr().err
+    proc = subprocess.run(["sh", "-c", "xargs -d '\\n' -P 2 -I{} sh -c {}"], input=printed, text=True,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in work.iterdir()] == [HOSTILE]  # no marker file (semi, subst, tick, amp): nothing else ran
+    assert len(list((work / HOSTILE).glob("*.json"))) == 2
+    assert main(argv + ["--no-progress"]) == 0  # the local loop finds both runs done, under the same ids
+    assert "2 already done, 0 to run" in capsys.readouterr().err
+
+
+def test_a_line_break_in_out_cannot_be_printed_as_one_command(tmp_path):
+    runs = _sweep(optimizers=("adamw",), lrs=(1e-2,)).runs()
+    with pytest.raises(ValueError, match="line break"):
+        sw.commands(runs, tmp_path / "a\nb", threads=1)
+
+
+def test_a_full_disk_stops_the_sweep_at_the_first_result(tmp_path, monkeypatch, capsys):
+    """ENOSPC on saving: one line, exit 2, and no further run trains (it could not be saved either)."""
+    from slimbench.bench import results as res
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(res, "write_json_atomic", full)
+    factory = CountingAdamW()
+    with pytest.raises(sw.ResultNotSaved, match="No space left on device.*rerun the same command to resume"):
+        sw.run_sweep(_sweep().runs(), tmp_path, optimizer_factory=factory)
+    assert len(factory.calls) == 1  # stopped after the first run, not after training all four
+    assert main(["run", "--task", "digits", "--optimizers", "adamw,sgd", "--lrs", "1e-2", "--steps", "2",
+                 "--out", str(tmp_path / "cli"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("error: cannot write the result of digits_tiny_adamw") and "No space left" in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+def test_an_unwritable_out_fails_before_training(tmp_path, monkeypatch):
+    import slimbench.io as sio
+
+    def refuse(path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(sio, "_new_temp", refuse)
+    factory = CountingAdamW()
+    with pytest.raises(OSError, match="Read-only"):
+        sw.run_sweep(_sweep().runs(), tmp_path, optimizer_factory=factory)
+    assert factory.calls == []
+
+
+def test_bad_rules_are_one_error_before_any_training(tmp_path, capsys):
+    bad = tmp_path / "rules.json"
+    bad.write_text(json.dumps({"format": "slimbench.rules", "version": 1, "by": "name",
+                               "rules": [{"match": "no.such.weight", "dims": [0]}]}))
+    argv = ["run", "--task", "digits", "--optimizers", "adamw,slimadam", "--lrs", "1e-3,1e-2", "--steps", "2",
+            "--rules", str(bad), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[1].startswith("error: slimadam (lr 0.001, rules ") and "no.such.weight" in err[1]
+    assert list((tmp_path / "out").glob("*.json")) == []
+
+
+def test_an_lr_that_overflows_the_step_is_recorded_as_diverged_not_retried(tmp_path):
+    runs = sw.SweepConfig(task="digits", optimizers=("adamw",), lrs=(1e300,), overrides={"steps": 3}).runs()
+    outcomes = sw.run_sweep(runs, tmp_path)
+    assert [o.status for o in outcomes] == ["diverged"] and "optimizer step overflowed" in outcomes[0].message
+    assert [o.status for o in sw.run_sweep(runs, tmp_path)] == ["done"]  # a resume does not retry it
+
+
+def test_a_result_file_with_wrong_field_types_is_a_clear_sweep_error(tmp_path, capsys):
+    runs = _sweep(optimizers=("adamw",), lrs=(1e-2,)).runs()
+    sw.run_sweep(runs, tmp_path, optimizer_factory=CountingAdamW())
+    path = result_path(tmp_path, runs[0])
+    d = json.loads(path.read_text())
+    d["train_loss"] = ["x"]
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="field 'train_loss' must be a list of numbers or nulls"):
+        sw.split_done(runs, tmp_path)
+    assert main(["run", "--task", "digits", "--optimizers", "adamw", "--lrs", "1e-2", "--steps", "20",
+                 "--set", "eval_every=10", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "train_loss" in err

@@ -10,6 +10,7 @@ import torch
 from slimbench.bench.results import RunConfig
 from slimbench.bench.runner import run
 from slimbench.tasks import build_task, get_spec, list_tasks
+from slimbench.tasks.data import fashion_mnist_missing
 
 
 def adamw(name, model, lr, betas=(0.9, 0.999), weight_decay=0.0, rules=None):
@@ -123,6 +124,8 @@ LEARNS = {"digits": 0.15, "gpt": 0.65, "linear-lm": 0.7, "vit": 0.4, "cnn": 0.45
 @pytest.mark.realdata
 @pytest.mark.parametrize("name", list(LEARNS))
 def test_task_learns_on_real_data(name):
+    if name in ("vit", "cnn") and (why := fashion_mnist_missing()):  # optional data: skip with the install hint
+        pytest.skip(why)
     result = run(RunConfig(task=name, optimizer="adamw", lr=get_spec(name).lr), optimizer_factory=adamw)
     s = result.summary
     assert result.status == "finished" and s["steps_done"] == get_spec(name).steps

@@ -64,6 +64,15 @@ class RunConfig:
     divergence_factor: float = DEFAULT_DIVERGENCE_FACTOR  # train loss > factor x the first loss ends the run
 
     def __post_init__(self):
+        for name in ("task", "optimizer", "preset"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a name (a string), got {getattr(self, name)!r}")
+        if self.rules is not None and not isinstance(self.rules, str):
+            raise ValueError(f"rules must be None, 'paper' or a rules file path, got {self.rules!r}")
+        if not isinstance(self.overrides, Mapping) or not all(isinstance(k, str) for k in self.overrides):
+            raise ValueError(f"overrides must be a mapping of setting names to values, got {self.overrides!r}")
+        if not _is_number(self.divergence_factor):
+            raise ValueError(f"divergence_factor must be a number, got {self.divergence_factor!r}")
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not math.isfinite(self.lr) \
                 or self.lr < 0:
             raise ValueError(f"lr must be a finite number >= 0, got {self.lr!r}")
@@ -97,6 +106,54 @@ class RunConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _list_of(ok) -> Any:
+    return lambda v: isinstance(v, list) and all(ok(x) for x in v)
+
+
+_NUMBER_OR_NONE = lambda x: x is None or _is_number(x)  # noqa: E731
+_VAL_POINT = lambda v: isinstance(v, dict) and _is_int(v.get("step")) and _NUMBER_OR_NONE(v.get("loss"))  # noqa: E731
+_DIVERGENCE = lambda v: v is None or (isinstance(v, dict) and _is_int(v.get("step"))  # noqa: E731
+                                      and isinstance(v.get("reason", ""), str))
+_BYTES = ("state_bytes", "param_bytes")
+_MEMORY = lambda v: isinstance(v, dict) and all(v.get(k) is None or _is_int(v[k]) for k in _BYTES)  # noqa: E731
+# field -> (check, what it must be): the one place the types of a run file are checked.
+RUN_FIELDS: dict[str, tuple[Any, str]] = {
+    "config": (lambda v: isinstance(v, dict), "an object"),
+    "status": (lambda v: v in ("finished", "diverged"), "'finished' or 'diverged'"),
+    "train_loss": (_list_of(_NUMBER_OR_NONE), "a list of numbers or nulls"),
+    "val": (_list_of(_VAL_POINT), "a list of {'step': int, 'loss': number or null}"),
+    "grad_norm": (_list_of(_NUMBER_OR_NONE), "a list of numbers or nulls"),
+    "lr": (_list_of(_is_number), "a list of numbers"),
+    "step_time_s": (_list_of(_is_number), "a list of numbers"),
+    "divergence": (_DIVERGENCE, "null or {'step': int, 'reason': str, ...}"),
+    "memory": (_MEMORY, "an object whose state_bytes / param_bytes are ints"),
+    "optimizer": (lambda v: isinstance(v, dict), "an object"),
+    "task": (lambda v: isinstance(v, dict), "an object"),
+    "env": (lambda v: isinstance(v, dict), "an object"),
+    "wall_time_s": (_is_number, "a number"),
+    "started_at": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def check_run_fields(d: Mapping[str, Any]) -> None:
+    """ValueError naming the first field of a run record that is missing or of the wrong type."""
+    for name, (ok, what) in RUN_FIELDS.items():
+        if name not in d and name != "divergence":
+            raise ValueError(f"field {name!r} is missing")
+        value = d.get(name)
+        if not ok(value):
+            shown = repr(value)
+            raise ValueError(f"field {name!r} must be {what}, got {shown if len(shown) <= 60 else shown[:57] + '...'}")
 
 
 def _finite_or_none(x: float | None) -> float | None:
@@ -157,6 +214,8 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunResult:
+        """A result from its JSON form; ValueError naming the first missing or mistyped field."""
+        check_run_fields(d)
         names = [f.name for f in dataclasses.fields(cls)]
         kw = {k: d[k] for k in names if k in d and k != "config"}
         return cls(config=RunConfig.from_dict(d["config"]), **kw)
@@ -176,7 +235,7 @@ def load_result(path: str | Path) -> RunResult:
     try:
         return RunResult.from_dict(d)
     except (KeyError, TypeError, ValueError) as e:
-        raise FormatError(f"{path}: a {RUN_FORMAT!r} file with a missing or bad field ({e})") from None
+        raise FormatError(f"{path}: a {RUN_FORMAT!r} file with a missing or bad field: {e}") from None
 
 
 def load_results(out: str | Path) -> list[RunResult]:

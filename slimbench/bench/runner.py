@@ -7,6 +7,7 @@
 The loop, per step (0-based):
     loss = task.loss(model, task.train_batch(step))
     stop if loss is not finite or loss > divergence_factor x (loss at step 0)   -> status "diverged"
+    (an optimizer step that overflows, e.g. at lr=1e300, is a divergence at that step too)
     backward; clip the global grad norm to spec.grad_clip (1.0); optimizer.step(); scheduler.step()
 Schedule: ``LambdaLR(optimizer, spec.lr_factor)``: linear warmup, then cosine from lr to lr/10
 (:meth:`slimbench.tasks.TaskSpec.lr_factor`). Betas and weight decay are the task's defaults (language
@@ -103,7 +104,17 @@ def run(config: RunConfig, *, optimizer_factory: OptimizerFactory | None = None,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm.append(float(nn.utils.clip_grad_norm_(params, spec.grad_clip)))
-        optimizer.step()
+        try:
+            optimizer.step()
+        except RuntimeError as e:  # e.g. lr=1e300: the step itself overflows. That run can only diverge, and
+            if "overflow" not in str(e):  # recording it as such keeps a resumed sweep from retrying it forever
+                raise
+            lrs.pop()
+            grad_norm.pop()
+            divergence = {"step": step, "loss": repr(value), "reason": f"optimizer step overflowed ({e})"}
+            if on_step:
+                on_step(config, step, value)
+            break
         scheduler.step()
         step_time.append(time.perf_counter() - t0)
         if step == 0:

@@ -16,15 +16,21 @@ Executors (the local loop is the default):
   where there is no Slurm), if submitit is installed; ``executor_options`` go to ``update_parameters``
   (``timeout_min``, ``slurm_partition``, ``cpus_per_task``, ...). Each job writes its own file, so the
   same resume rule holds.
-* any other job system: :func:`commands` gives one shell command per pending run
-  (``python -m slimbench run ... --out DIR`` for exactly that run), to hand to a scheduler (e.g. a Slurm
-  array, ``xargs -P``, GNU parallel). Running them all, in any order or place sharing ``DIR``, gives the
-  same files as the local loop.
+* any other job system: :func:`commands` gives one POSIX shell command per pending run, on one line
+  (``<this python> -m slimbench run ... --threads N --out DIR`` for exactly that run, every argument
+  ``shlex``-quoted, so any ``--out`` path is data, never code), to hand to a scheduler (``xargs -d '\n'``,
+  a Slurm array). Running them all, in any order or place sharing ``DIR``, gives the same files as the
+  local loop.
+
+Before any training, :func:`preflight` builds each task once, resolves every optimizer's rules against its
+model and checks that ``out`` is writable, so a bad rule or a read-only folder is one error, not one per
+run. A result that cannot be written (a full disk) stops the sweep at once (:class:`ResultNotSaved`).
 """
 from __future__ import annotations
 
 import json
 import shlex
+import sys
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +41,8 @@ from typing import Any
 from slimbench.bench import runner
 from slimbench.bench.results import (DEFAULT_DIVERGENCE_FACTOR, RunConfig, RunResult, load_result, result_path,
                                      save_result)
-from slimbench.registry import OptimizerUnavailable
+from slimbench.io import probe_writable
+from slimbench.registry import OptimizerUnavailable, build_optimizer
 from slimbench.registry import get_spec as optimizer_spec
 from slimbench.tasks import build_task, get_spec
 
@@ -97,6 +104,11 @@ def _takes_rules(optimizer: str) -> bool:
     return optimizer_spec(optimizer).uses_rules
 
 
+class ResultNotSaved(OSError):
+    """A finished run's file could not be written (full disk, read-only folder): the sweep stops here,
+    since every later run would be lost the same way. Finished files are kept; rerunning resumes."""
+
+
 @dataclass
 class RunOutcome:
     """What became of one run in a sweep."""
@@ -104,8 +116,9 @@ class RunOutcome:
     config: RunConfig
     status: str  # "finished" | "diverged" | "done" (found on disk) | "unavailable" | "error"
     path: str | None = None
-    message: str = ""
+    message: str = ""  # one line
     result: RunResult | None = None
+    detail: str = ""  # the traceback of an "error" run
 
     def to_dict(self) -> dict:
         return {"run_id": self.config.run_id, "config": self.config.to_dict(), "status": self.status,
@@ -146,7 +159,11 @@ def run_and_save(config: RunConfig, out: str | Path, *, optimizer_factory=None, 
         result = runner.run(config, optimizer_factory=optimizer_factory, on_step=on_step)
     except OptimizerUnavailable as e:
         return RunOutcome(config, "unavailable", message=str(e))
-    path = save_result(result, out)
+    try:
+        path = save_result(result, out)
+    except OSError as e:
+        raise ResultNotSaved(f"cannot write the result of {config.run_id} into {out}: {e.strerror or e}; "
+                             "the sweep stopped (finished runs are kept: rerun the same command to resume)") from e
     msg = "" if result.divergence is None else f"diverged at step {result.divergence['step']}: " \
                                                 f"{result.divergence['reason']}"
     return RunOutcome(config, result.status, str(path), msg, result)
@@ -175,7 +192,7 @@ def run_sweep(runs: Sequence[RunConfig], out: str | Path, *, executor: str = "lo
     """
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
-    Path(out).mkdir(parents=True, exist_ok=True)
+    probe_writable(out)
     done, pending = split_done(runs, out)
     outcomes = {o.config.run_id: o for o in done}
     if executor == "submitit":
@@ -188,10 +205,39 @@ def run_sweep(runs: Sequence[RunConfig], out: str | Path, *, executor: str = "lo
     return [outcomes[cfg.run_id] for cfg in runs]
 
 
+def preflight(runs: Sequence[RunConfig], *, optimizers: bool = True) -> None:
+    """Build each distinct task once and, through the registry, each distinct (optimizer, rules, lr) on it,
+    before any training.
+
+    Missing data, a rule that matches nothing or names a dim a weight lacks, an optimizer that refuses its
+    hyperparameters: one ValueError (or DataUnavailable) naming the run, instead of one failure per run.
+    A missing third-party optimizer (outcome "unavailable") and any other failure are left to the run.
+    ``optimizers=False`` builds the tasks only (a caller's own optimizer factory checks its own input).
+    """
+    tasks: dict[str, Any] = {}
+    checked: set[tuple] = set()
+    for cfg in runs:
+        task_key = json.dumps([cfg.task, cfg.preset, cfg.overrides], sort_keys=True)
+        if task_key not in tasks:
+            tasks[task_key] = build_task(cfg.task, cfg.preset, cfg.seed, **cfg.overrides)
+        task = tasks[task_key]
+        key = (task_key, cfg.optimizer, cfg.rules, cfg.lr)
+        if not optimizers or key in checked:
+            continue
+        checked.add(key)
+        try:
+            build_optimizer(cfg.optimizer, task.model, lr=cfg.lr, betas=task.spec.betas,
+                            weight_decay=task.spec.weight_decay, rules=cfg.rules)
+        except (ValueError, KeyError) as e:  # FormatError is a ValueError
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            raise ValueError(f"{cfg.optimizer} (lr {cfg.lr:g}, rules {cfg.rules!r}) on {cfg.task}/{cfg.preset}: "
+                             f"{msg}") from None
+        except Exception:  # noqa: BLE001 - unavailable or broken: the run itself reports it
+            continue
+
+
 def _run_local(pending, out, optimizer_factory, on_event, keep_going) -> list[RunOutcome]:
-    if pending:  # one task build up front: missing data fails once, clearly, not once per run
-        first = pending[0]
-        build_task(first.task, first.preset, first.seed, **first.overrides)
+    preflight(pending, optimizers=optimizer_factory is None)
     on_step = (lambda cfg, step, loss: on_event("step", cfg, (step, loss))) if on_event else None
     outcomes = []
     for cfg in pending:
@@ -199,10 +245,13 @@ def _run_local(pending, out, optimizer_factory, on_event, keep_going) -> list[Ru
             on_event("start", cfg, None)
         try:
             outcome = run_and_save(cfg, out, optimizer_factory=optimizer_factory, on_step=on_step)
+        except ResultNotSaved:
+            raise
         except Exception as e:  # noqa: BLE001 - one broken run must not end a long sweep; it is reported
             if not keep_going:
                 raise
-            outcome = RunOutcome(cfg, "error", message=f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+            outcome = RunOutcome(cfg, "error", message=_one_line(f"{type(e).__name__}: {e}"),
+                                 detail=traceback.format_exc())
         outcomes.append(outcome)
         if on_event:
             on_event("end", cfg, outcome)
@@ -228,27 +277,45 @@ def _run_submitit(pending, out, options, on_event) -> list[RunOutcome]:
             outcome = RunOutcome(cfg, got["status"], got["path"], got["message"],
                                  load_result(got["path"]) if got["path"] else None)
         except Exception as e:  # noqa: BLE001 - a failed job is reported, the others are still collected
-            outcome = RunOutcome(cfg, "error", message=f"job {getattr(job, 'job_id', '?')}: {type(e).__name__}: {e}")
+            outcome = RunOutcome(cfg, "error", message=_one_line(f"job {getattr(job, 'job_id', '?')}: "
+                                                                 f"{type(e).__name__}: {e}"), detail=str(e))
         outcomes.append(outcome)
         if on_event:
             on_event("end", cfg, outcome)
     return outcomes
 
 
-def commands(runs: Sequence[RunConfig], out: str | Path, *, python: str = "python") -> list[str]:
-    """One shell command per run (``python -m slimbench run`` for that run alone, same ``--out``)."""
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def commands(runs: Sequence[RunConfig], out: str | Path, *, threads: int, python: str | None = None) -> list[str]:
+    """One POSIX shell command per run, one per line: ``python -m slimbench run`` for that run alone.
+
+    Every argument is ``shlex``-quoted, so ``sh -c LINE`` (what ``xargs -d '\n' -I{} sh -c {}`` runs) sees
+    ``out``, rules paths and overrides as data whatever they contain. ``threads`` is pinned because results
+    depend on it; ``python`` defaults to the running interpreter. A newline in any argument would split a
+    command across lines, so it is refused (ValueError).
+    """
+    python = python or sys.executable
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
     lines = []
     for cfg in runs:
         args = [python, "-m", "slimbench", "run", "--task", cfg.task, "--preset", cfg.preset,
                 "--optimizers", cfg.optimizer, "--lrs", repr(cfg.lr), "--seeds", str(cfg.seed), "--out", str(out),
-                "--no-progress"]
+                "--threads", str(threads), "--no-progress"]
         if cfg.rules is not None:
             args += ["--rules", str(cfg.rules)]
         if cfg.divergence_factor != DEFAULT_DIVERGENCE_FACTOR:
             args += ["--divergence-factor", repr(cfg.divergence_factor)]
         for key, value in sorted(cfg.overrides.items()):
-            args += ["--set", f"{key}={value if isinstance(value, str) else _json(value)}"]
-        lines.append(" ".join(shlex.quote(a) for a in args))
+            args += ["--set", f"{key}={_json(value)}"]
+        bad = next((a for a in args if "\n" in a or "\r" in a or "\0" in a), None)
+        if bad is not None:
+            raise ValueError(f"{bad!r} holds a line break or NUL; one-command-per-line output cannot carry it "
+                             "(use another --out / rules path)")
+        lines.append(shlex.join(args))
     return lines
 
 

@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     base_paths, new_path = args.baseline, args.new
     checks = [parse_check(c) for c in (args.check or DEFAULT_CHECKS)]
     baseline, new = load(base_paths), load([new_path])
+    for p, why in baseline.skipped + new.skipped:  # one line each: a file left out is never silent
+        print(f"warning: skipped {p}: {why}", file=sys.stderr)
     if not len(baseline):
         raise ValueError(f"no result files in the baseline {', '.join(base_paths)}")
     result = compare(baseline, new, checks, allow_missing=args.allow_missing)

@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         print("sources:")
         for i, p in enumerate(written.sources):
             print(f"  [{i + 1}] {p}")
-        for p, why in collection.skipped:
-            print(f"  skipped {p}: {why}", file=sys.stderr)
         print()
+    for p, why in collection.skipped:  # even with --quiet: a file left out silently is the worst outcome
+        print(f"warning: skipped {p}: {why}", file=sys.stderr)
     print(f"wrote {written.path} ({len(written.images)} plots, {len(written.sources)} source files)")
     return 0

@@ -4,10 +4,15 @@ Examples:
     python -m slimbench run --task gpt --optimizers adamw,slimadam,adalayer,adam-mini \\
         --lrs 3e-4,1e-3,3e-3,1e-2 --seeds 0,1 --steps 500 --out results/runs/gpt-tiny-lr
     python -m slimbench run --task gpt --preset small --optimizers slimadam --rules paper --out results/runs/x
-    python -m slimbench run ... --print-commands | xargs -P 2 -I{} sh -c {}     # or one job per line
+    python -m slimbench run ... --print-commands | xargs -d '\n' -P 2 -I{} sh -c {}
+    python -m slimbench run ... --commands-file jobs.txt     # then one job per line (e.g. a Slurm array)
     python -m slimbench run --list-tasks
 
 Rerunning the same command skips runs whose result file exists; Ctrl-C keeps every finished run.
+Printed commands are one per line, every argument shell-quoted (any --out path is safe), and carry the
+running interpreter and --threads (default: this process's torch thread count), since results depend on it.
+Exit codes: 0 every run finished or diverged, 1 some run failed (one line each; --fail-fast for the
+traceback), 2 bad input or a result that could not be written.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import torch
 from tabulate import tabulate
 
 from slimbench.bench import sweep as _sweep
+from slimbench.io import write_atomic
 from slimbench.tasks import TASKS, get_spec
 
 
@@ -63,7 +69,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--executor-opt", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="submitit update_parameters, e.g. timeout_min=60 slurm_partition=cpu")
     p.add_argument("--print-commands", action="store_true",
-                   help="print one shell command per pending run (for a cluster scheduler) and exit")
+                   help="print one shell command per pending run, one per line (for a scheduler) and exit")
+    p.add_argument("--commands-file", metavar="FILE",
+                   help="write those commands to FILE (atomically) instead of printing them, and exit")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first run that raises")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-tasks", action="store_true", help="list tasks and presets and exit")
@@ -93,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
     overrides = dict(args.set)
     if args.steps is not None:
         overrides["steps"] = args.steps
@@ -103,9 +113,15 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or f"results/runs/{args.task}-{args.preset}"
     runs = config.runs()
     done, pending = _sweep.split_done(runs, out)
-    if args.print_commands:
-        for line in _sweep.commands(pending, out):
-            print(line)
+    if args.print_commands or args.commands_file:
+        lines = _sweep.commands(pending, out, threads=torch.get_num_threads())
+        if args.commands_file:
+            write_atomic(args.commands_file, "".join(f"{line}\n" for line in lines))
+        else:
+            for line in lines:
+                print(line)
+        print(f"{len(lines)} commands for the pending runs ({len(done)} of {len(runs)} already done)"
+              + (f" -> {args.commands_file}" if args.commands_file else ""), file=sys.stderr)
         return 0
 
     print(f"{len(runs)} runs -> {out}: {len(done)} already done, {len(pending)} to run", file=sys.stderr)
@@ -150,5 +166,8 @@ def run(args: argparse.Namespace) -> int:
                        headers=["optimizer", "best lr", "val (mean over seeds)", "seeds", "diverged at lr"]))
     errors = [o for o in outcomes if o.status == "error"]
     for o in errors:
-        print(f"\nerror in {o.config.run_id}:\n{o.message}", file=sys.stderr)
+        print(f"run failed: {o.config.run_id}: {o.message}", file=sys.stderr)
+    if errors:
+        print(f"{len(errors)} of {len(runs)} runs failed (no file written, a rerun retries them); "
+              "--fail-fast stops at the first with its traceback", file=sys.stderr)
     return 1 if errors else 0

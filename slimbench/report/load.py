@@ -11,7 +11,6 @@ Every loaded item keeps the path it came from, so every number in a report trace
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from slimbench.bench.results import RUN_FORMAT, RunResult, load_result
-from slimbench.io import FormatError, read_versioned
+from slimbench.io import FormatError, read_json, read_versioned
 from slimbench.rules import RULES_FORMAT, RuleSet, load_rules
 from slimbench.snr.record import SNR_FORMAT, SNRRecord, load_snr
 
@@ -84,12 +83,7 @@ KINDS = (RUN_FORMAT, SNR_FORMAT, RULES_FORMAT, BENCH_KIND, PROFILE_FORMAT, AUDIT
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FormatError(f"{path}: not valid JSON (truncated or corrupt? {e.msg} at line {e.lineno})") from None
-    except UnicodeDecodeError:
-        raise FormatError(f"{path}: not a text file") from None
+    return read_json(path)  # strict: size limit, UTF-8, no duplicate keys; errors are FormatError
 
 
 def _check_benchmark(path: Path, obj: dict) -> dict:

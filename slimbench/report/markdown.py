@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from slimbench.io import write_json_atomic
+from slimbench.io import write_atomic, write_json_atomic
 from slimbench.report import plots as _plots
 from slimbench.report.load import Collection
 from slimbench.report.tables import Options, Section, Table, build_sections, lr_rows, memory_rows
@@ -110,10 +110,7 @@ def write_report(c: Collection, out: str | Path, opts: Options | None = None, *,
     header = f"Generated {when} from {len(c)} files ({counts or 'none'})" + \
              (f" by `{command}`" if command else "") + ". `src` cells number the files listed under Sources."
     text = render(sections, index, images, out_dir, header, c.skipped)
-    path = out_dir / "report.md"
-    tmp = out_dir / ".report.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(path)
+    path = write_atomic(out_dir / "report.md", text)  # a unique temp file + rename: never writes through a link
     data = {"format": "slimbench.report", "version": 1, "generated": when, "command": command,
             "options": {"loss": opts.loss, "within": opts.within, "steps": list(opts.steps) if opts.steps else None},
             "sources": index.paths, "skipped": [list(s) for s in c.skipped],

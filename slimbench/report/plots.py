@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from slimbench.bench.results import RunResult
+from slimbench.io import write_atomic
 from slimbench.report.load import Collection
 from slimbench.report.tables import MIB, optimizer_label, task_label
 
@@ -28,11 +29,12 @@ def _slug(text: str) -> str:
 
 
 def _save(fig: Figure, out: Path, name: str) -> str:
-    out.mkdir(parents=True, exist_ok=True)
+    """Render to a unique temp file beside the PNG, then rename: a planted symlink or a full disk never
+    leaves a written-through target or a 0-byte PNG."""
     path = out / f"{_slug(name)}.png"
     FigureCanvasAgg(fig)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
     return str(path)
 
 

