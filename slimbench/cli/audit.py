@@ -3,10 +3,14 @@
     python -m slimbench audit --model gpt2-small --optimizers adamw,slimadam,adalayer,adam-mini,adafactor
     python -m slimbench audit --model llama-3-8b --optimizers all --format json
     python -m slimbench audit --model gpt2-small-fused --optimizers slimadam --details
+    python -m slimbench audit --model hf:gpt2 --optimizers adamw,slimadam --format json --details
+    python -m slimbench audit --model hf:llama --set num_hidden_layers=2 --optimizers all
+    python -m slimbench audit --model mypkg.models:build_net --set width=512
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import torch
@@ -15,6 +19,7 @@ from tabulate import tabulate
 from slimbench.io import write_json_atomic
 from slimbench.memory.audit import DEFAULT_OPTIMIZERS, METHOD_META, METHOD_META_STUB, AuditResult, audit
 from slimbench.memory.presets import PRESETS
+from slimbench.modelspec import add_model_arguments, parse_sets, resolve_model
 from slimbench.registry import REGISTRY
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -46,11 +51,11 @@ def parse_optimizers(text: str) -> list[str]:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("audit", help="optimizer-state memory of a model preset (meta device, no weights)",
+    p = subparsers.add_parser("audit", help="optimizer-state memory of any model (meta device, no weights)",
                               description=__doc__.split("\n\n")[0].split(": ", 1)[1],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog="presets: " + ", ".join(PRESETS))
-    p.add_argument("--model", default="gpt2-small", help="model preset (default gpt2-small)")
+    add_model_arguments(p, "gpt2-small")
     p.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
                    help=f"comma-separated registry names or 'all' (default {','.join(DEFAULT_OPTIMIZERS)})")
     p.add_argument("--rules", metavar="PATH", help="SlimAdam rules file (default: the paper's rules)")
@@ -123,9 +128,12 @@ def render_table(res: AuditResult, details: bool = False) -> str:
 
 def run(args: argparse.Namespace) -> int:
     names = parse_optimizers(args.optimizers)
-    if args.model not in PRESETS:
-        raise ValueError(f"unknown model preset {args.model!r}; known: {', '.join(PRESETS)}")
-    res = audit(args.model, names, rules=args.rules, dtype=_DTYPES[args.dtype])
+    spec = resolve_model(args.model, parse_sets(args.model_set))
+    if spec.kind == "preset" and not spec.overrides:
+        res = audit(args.model, names, rules=args.rules, dtype=_DTYPES[args.dtype])
+    else:  # built here on meta, once; the audit reuses it (meta tensors hold no values to disturb)
+        res = dataclasses.replace(audit(spec.build("meta"), names, rules=args.rules, dtype=_DTYPES[args.dtype]),
+                                  model=spec.name, model_info=spec.info)
     obj = res.to_dict(details=args.details)
     if args.output:
         write_json_atomic(args.output, obj)

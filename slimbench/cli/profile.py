@@ -3,6 +3,10 @@ grads, optimizer state and the transient of step(), checked against each optimiz
 
     python -m slimbench profile --model gpt2-tiny --optimizers adamw,slimadam,adalayer --foreach
     python -m slimbench profile --model gpt2-small --device cuda --snapshot-dir results/snapshots
+    python -m slimbench profile --model hf:llama --set num_hidden_layers=2 --set hidden_size=256
+
+Any token model works (forward(token ids) -> next-token logits): presets, hf:<causal or masked LM>, or a
+package.module:factory whose model returns (batch, time, vocab) logits; batches are random token ids.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from slimbench.cli.audit import _DTYPES, human_bytes, parse_optimizers
 from slimbench.io import write_json_atomic
 from slimbench.memory.presets import PRESETS
 from slimbench.memory.profile import ProfileResult, profile
+from slimbench.modelspec import add_model_arguments, parse_sets, resolve_model
 
 
 def add_parser(subparsers) -> None:
@@ -22,7 +27,7 @@ def add_parser(subparsers) -> None:
                               description=__doc__.split("\n\n")[0].split(": ", 1)[1],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog="presets: " + ", ".join(PRESETS) + ". Profiles allocate real weights.")
-    p.add_argument("--model", default="gpt2-tiny", help="model preset (default gpt2-tiny)")
+    add_model_arguments(p, "gpt2-tiny")
     p.add_argument("--optimizers", default="adamw,slimadam,adalayer",
                    help="comma-separated registry names or 'all' (default adamw,slimadam,adalayer)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
@@ -63,7 +68,8 @@ def render_table(res: ProfileResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     names = parse_optimizers(args.optimizers)
-    res = profile(args.model, names, device=args.device, dtype=_DTYPES[args.dtype], foreach=args.foreach,
+    model = resolve_model(args.model, parse_sets(args.model_set))
+    res = profile(model, names, device=args.device, dtype=_DTYPES[args.dtype], foreach=args.foreach,
                   batch_size=args.batch_size, seq_len=args.seq_len, warmup=args.warmup, seed=args.seed,
                   snapshot_dir=args.snapshot_dir)
     obj = res.to_dict()

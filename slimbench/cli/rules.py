@@ -2,6 +2,13 @@
 
 Prints the rules table (layer, shape, SNR per candidate K, chosen K, second moments saved) and writes a
 rules file that ``SlimAdam(model.named_parameters(), rules="rules.json")`` loads directly.
+
+``--apply --model MODEL`` resolves rules against any model's parameters (a preset, hf:<model_type> or
+package.module:factory, built on the meta device) and prints each parameter's K and V shape: the rules
+just derived from SNR_JSON, or without it ``--rules`` (a rules file, default the paper's rules):
+
+    python -m slimbench rules --apply --model hf:gpt2 --rules rules.json
+    python -m slimbench rules snr.json --depth-average --apply --model hf:llama --set num_hidden_layers=2
 """
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ from tabulate import tabulate
 from slimbench.cli import snr as snr_cli
 from slimbench.cli.snr import fmt_snr, parse_sets
 from slimbench.layers import dims_label
+from slimbench.modelspec import add_model_arguments, parse_sets as parse_model_sets, resolve_model
+from slimbench.optim._functional import reduced_shape
 from slimbench.snr.derive import DEFAULT_CUTOFFS, ROLES, Derived, apply_rules, derive_rules, sweep_cutoffs
 from slimbench.snr.record import load_snr
 
@@ -30,7 +39,8 @@ def _cutoffs(text: str) -> list[float]:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("rules", help="derive SlimAdam rules (K per layer) from an SNR record",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("snr_file", metavar="SNR_JSON", help="record written by `python -m slimbench snr`")
+    p.add_argument("snr_file", metavar="SNR_JSON", nargs="?",
+                   help="record written by `python -m slimbench snr` (optional with --apply)")
     p.add_argument("--cutoff", type=float, default=1.0, help="compress only where mean SNR > cutoff (default 1.0)")
     p.add_argument("--depth-average", action="store_true",
                    help="one rule per layer type from SNR averaged over its layers (transfers to other depths/"
@@ -46,6 +56,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--apply-preset", default="tiny", metavar="PRESET", help="preset of --apply-to (default tiny)")
     p.add_argument("--apply-set", action="append", metavar="KEY=VALUE",
                    help="override a setting of the --apply-to task, e.g. n_layer=6 (repeatable)")
+    p.add_argument("--apply", action="store_true",
+                   help="resolve rules against --model's parameters and print each one's K and V shape")
+    add_model_arguments(p, None)
+    p.add_argument("--rules", metavar="RULES",
+                   help="with --apply and no SNR_JSON: a rules file or 'paper' (default paper)")
     p.set_defaults(func=run)
 
 
@@ -74,9 +89,49 @@ def rules_table(d: Derived) -> tuple[list[list], list[str]]:
     return rows, headers
 
 
+def _check_apply_args(args: argparse.Namespace) -> None:
+    if args.apply and not args.model:
+        raise ValueError("--apply needs --model MODEL (a preset, hf:<model_type> or package.module:factory)")
+    if args.model and not args.apply:
+        raise ValueError(f"--model {args.model} is what --apply resolves rules on: add --apply")
+    if args.rules and not args.apply:
+        raise ValueError("--rules is applied with --apply --model MODEL")
+    if args.rules and args.snr_file:
+        raise ValueError("give SNR_JSON (apply the rules derived from it) or --rules (apply a rules file), not both")
+    if not args.snr_file and not args.apply:
+        raise ValueError("give SNR_JSON to derive rules, or --apply --model MODEL [--rules FILE] to resolve rules")
+
+
+def _v_shape(a) -> tuple[int, ...]:
+    """V's shape for an assignment (fused weights: their blocks' V's, flattened)."""
+    return a.v_shape if hasattr(a, "v_shape") else reduced_shape(a.shape, a.dims)
+
+
+def apply_to_model(args: argparse.Namespace, rules, check_record=None) -> None:
+    """Print the K and V shape each parameter of ``--model`` gets from ``rules`` (built on meta)."""
+    spec = resolve_model(args.model, parse_model_sets(args.model_set))
+    model = spec.build("meta")
+    named = [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad]
+    if check_record is not None:
+        check_record.check_model(named)
+    applied = apply_rules(rules, named)
+    print(f"{'rules ' + str(rules) if isinstance(rules, str) else 'the rules above'} applied to {spec.name}: "
+          f"{len(named)} parameters, V saved {100 * applied.saved_fraction:.2f}%")
+    print(tabulate([[r.assignment.name, "x".join(map(str, r.assignment.shape)), r.assignment.layer_type,
+                     r.assignment.rule or "-", r.assignment.label,
+                     "x".join(map(str, _v_shape(r.assignment))), r.assignment.note]
+                    for r in applied.rows],
+                   headers=["parameter", "shape", "layer type", "rule", "K", "V shape", "note"],
+                   disable_numparse=True))
+
+
 def run(args: argparse.Namespace) -> int:
     if args.skip_steps < 0:
         raise ValueError(f"--skip-steps must be >= 0, got {args.skip_steps}")
+    _check_apply_args(args)
+    if not args.snr_file:
+        apply_to_model(args, args.rules or "paper")
+        return 0
     record = load_snr(args.snr_file)
     d = derive_rules(record, args.cutoff, depth_average=args.depth_average, skip_steps=args.skip_steps)
     rows, headers = rules_table(d)
@@ -108,6 +163,9 @@ def run(args: argparse.Namespace) -> int:
         print(tabulate([[r.assignment.name, "x".join(map(str, r.assignment.shape)), r.assignment.layer_type,
                          r.assignment.rule or "-", r.assignment.label] for r in applied.rows],
                        headers=["parameter", "shape", "layer type", "rule", "K"], disable_numparse=True))
+    if args.apply:
+        print()
+        apply_to_model(args, d.ruleset(), record if d.by == "name" else None)
     if args.out:
         path = d.save(args.out)
         print(f"wrote {path}")

@@ -2,33 +2,26 @@
 
 Prints a summary per layer type: the SNR of each candidate K averaged over steps and layers, and the K
 the rules step would choose at ``--cutoff``. Turn the record into rules with ``python -m slimbench rules``.
+
+``--model MODEL`` (a preset, hf:<model_type> or package.module:factory) trains that model instead of the
+task's own, on the task's data and recipe (``--task`` gpt by default, or linear-lm): next-token prediction
+on character-level Shakespeare (under 100 token ids), so the model must be a causal LM whose vocabulary
+covers the task's. ``--set`` then sets the model, ``--task-set`` the recipe (batch_size, block_size...):
+
+    python -m slimbench snr --model hf:gpt2 --set n_layer=2 --set n_embd=128 --set n_head=4 --steps 200 --out snr.json
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import math
 
 from tabulate import tabulate
 
+from slimbench.modelspec import add_model_arguments, lm_task, parse_sets, resolve_model
 from slimbench.snr.derive import ROLES, derive_rules
 from slimbench.snr.record import SNRRecord
 from slimbench.snr.run import OPTIMIZERS, run_snr
 from slimbench.snr.tracker import Schedule
-
-
-def parse_sets(items: list[str] | None) -> dict:
-    """``["n_layer=4", "init='torch'"]`` -> {"n_layer": 4, "init": "torch"} (Python literals, else strings)."""
-    out: dict = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            out[key.strip()] = raw
-    return out
 
 
 def build_task(name: str, preset: str, seed: int, **overrides):
@@ -45,13 +38,18 @@ def build_task(name: str, preset: str, seed: int, **overrides):
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("snr", help="train a task with Adam(W) and record the SNR of its second moments",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", required=True, help="task name (gpt, linear-lm, vit, cnn, finetune, digits)")
+    p.add_argument("--task", help="task name (gpt, linear-lm, vit, cnn, finetune, digits); with --model the "
+                                   "data and recipe (gpt or linear-lm, default gpt)")
+    add_model_arguments(p, None, with_set=False)
     p.add_argument("--preset", default="tiny", help="task size preset (default: tiny)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, help="peak learning rate (default: the task's)")
     p.add_argument("--steps", type=int, help="training steps (default: the task's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a task or model setting, e.g. --set n_layer=4 (repeatable)")
+                   help="override a task or model setting, e.g. --set n_layer=4 (repeatable; JSON values, else "
+                        "strings); with --model, a setting of that model")
+    p.add_argument("--task-set", action="append", metavar="KEY=VALUE",
+                   help="with --model: override a recipe setting of the task, e.g. batch_size=8 (repeatable)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
     p.add_argument("--schedule", default="default",
                    help="when to measure: 'default' (every 100 steps to 1000, then every 1000), 'every:N' "
@@ -91,18 +89,29 @@ def type_summary(record: SNRRecord, cutoff: float, skip_steps: int = 0) -> tuple
 
 def run(args: argparse.Namespace) -> int:
     schedule = Schedule.parse(args.schedule)
-    overrides = parse_sets(args.set)
+    steps = {}
     if args.steps is not None:
         if args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
-        overrides["steps"] = args.steps
-    task = build_task(args.task, args.preset, args.seed, **overrides)
+        steps["steps"] = args.steps
+    if args.model:
+        task_name = args.task or "gpt"
+        mspec = resolve_model(args.model, parse_sets(args.set))
+        task = lm_task(mspec, task_name, args.preset, args.seed, **parse_sets(args.task_set, "--task-set"), **steps)
+        label = f"{mspec.name} on {task_name}/{args.preset}"
+    else:
+        if not args.task:
+            raise ValueError("give --task TASK (a built-in task) or --model MODEL (your model on the gpt task's data)")
+        if args.task_set:
+            raise ValueError("--task-set goes with --model; without --model, --set sets the task")
+        task = build_task(args.task, args.preset, args.seed, **{**parse_sets(args.set), **steps})
+        label = f"{args.task}/{args.preset}"
 
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=task.spec.steps, desc=f"snr {args.task}/{args.preset}", unit="step", leave=False)
+        bar = tqdm(total=task.spec.steps, desc=f"snr {label}", unit="step", leave=False)
 
     def progress(step: int, loss: float) -> None:
         if bar is not None:
@@ -118,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     path = record.save(args.out)
     info = record.run
     ov = record.overhead
-    print(f"{args.task}/{args.preset} seed {args.seed}: {info['optimizer']} lr {info['lr']:g}, "
+    print(f"{label} seed {args.seed}: {info['optimizer']} lr {info['lr']:g}, "
           f"{info['steps_done']} steps, loss {info['first_loss']:.3f} -> {info['last_loss']:.3f}"
           + (f"  DIVERGED at step {info['diverged_at']}" if info.get("diverged_at") else ""))
     frac = ov.get("fraction")

@@ -12,12 +12,15 @@ Names follow the checkpoints' conventions, which :func:`slimbench.layers.layer_t
   k_proj / v_proj`` as the paper's models do, and the ``-fused`` presets keep nanoGPT's ``c_attn`` to
   show what the audit reports for a fused weight. Linear weights are stored (out, in), not as HF
   ``Conv1D`` (in, out).
+* The paper's own GPT-2 (``gpt2-*-paper``, names of the reference code, github.com/dayal-kalra/low-memory-adam
+  ``utils/model.py``): bias-free, tied, split Q/K/V: ``transformer.wte / wpe / h.{i}.ln_1 / attn.k_proj /
+  q_proj / v_proj / output_proj / ln_2 / mlp.mlp_up / mlp.mlp_proj / ln_f`` (LayerNorms have no bias).
 * Llama (Hugging Face names): ``model.embed_tokens / layers.{i}.input_layernorm / self_attn.{q,k,v,o}_proj /
   post_attention_layernorm / mlp.{gate,up,down}_proj / model.norm`` and ``lm_head`` (tied in 3.2-1B,
   untied in 3-8B), grouped-query attention (k/v have ``n_kv_heads * head_dim`` rows).
 
 Sizes (parameters, counted once; checked by the tests): gpt2-small 124.5M (vocab 50304, the nanoGPT
-padding of 50257 to a multiple of 64), gpt2-medium 354.9M, llama-3.2-1b 1.236B, llama-3-8b 8.030B.
+padding of 50257 to a multiple of 64), gpt2-small-paper 124.4M (124,373,760), gpt2-medium 354.9M, llama-3.2-1b 1.236B, llama-3-8b 8.030B.
 """
 from __future__ import annotations
 
@@ -38,6 +41,13 @@ class GPT2Config:
     n_embd: int = 768
     bias: bool = True  # GPT-2 has biases in Linears and LayerNorms
     fused_qkv: bool = False  # True: nanoGPT's attn.c_attn; False: attn.q_proj / k_proj / v_proj
+    naming: str = "nanogpt"  # "paper": the reference code's names (k/q/v_proj, output_proj, mlp_up, mlp_proj)
+
+    def __post_init__(self) -> None:
+        if self.naming not in ("nanogpt", "paper"):
+            raise ValueError(f"GPT2Config.naming must be 'nanogpt' or 'paper', got {self.naming!r}")
+        if self.naming == "paper" and self.fused_qkv:
+            raise ValueError("GPT2Config: naming='paper' has split Q/K/V; it cannot be combined with fused_qkv=True")
 
 
 @dataclass(frozen=True)
@@ -64,11 +74,16 @@ class _GPT2Attention(nn.Module):
         self.n_head = cfg.n_head
         if cfg.fused_qkv:
             self.c_attn = nn.Linear(d, 3 * d, bias=cfg.bias)
+        elif cfg.naming == "paper":  # the reference code creates k, q, v in this order
+            self.k_proj = nn.Linear(d, d, bias=cfg.bias)
+            self.q_proj = nn.Linear(d, d, bias=cfg.bias)
+            self.v_proj = nn.Linear(d, d, bias=cfg.bias)
         else:
             self.q_proj = nn.Linear(d, d, bias=cfg.bias)
             self.k_proj = nn.Linear(d, d, bias=cfg.bias)
             self.v_proj = nn.Linear(d, d, bias=cfg.bias)
-        self.c_proj = nn.Linear(d, d, bias=cfg.bias)
+        self.out_name = "output_proj" if cfg.naming == "paper" else "c_proj"
+        setattr(self, self.out_name, nn.Linear(d, d, bias=cfg.bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape  # batch, time, channels
@@ -78,17 +93,19 @@ class _GPT2Attention(nn.Module):
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+        return getattr(self, self.out_name)(y.transpose(1, 2).reshape(B, T, C))
 
 
 class _GPT2MLP(nn.Module):
     def __init__(self, cfg: GPT2Config) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.up_name, self.down_name = ("mlp_up", "mlp_proj") if cfg.naming == "paper" else ("c_fc", "c_proj")
+        setattr(self, self.up_name, nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias))
+        setattr(self, self.down_name, nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        up, down = getattr(self, self.up_name), getattr(self, self.down_name)
+        return down(F.gelu(up(x), approximate="tanh"))
 
 
 class _GPT2Block(nn.Module):
@@ -226,11 +243,16 @@ PRESETS: dict[str, GPT2Config | LlamaConfig] = {
     "gpt2-small-fused": GPT2Config(fused_qkv=True),
     "gpt2-medium": GPT2Config(n_layer=24, n_head=16, n_embd=1024),
     "gpt2-medium-fused": GPT2Config(n_layer=24, n_head=16, n_embd=1024, fused_qkv=True),
+    # the paper's reference GPT-2 (Appendix B.1): no biases, tied embedding/head, split Q/K/V, its own names
+    "gpt2-small-paper": GPT2Config(bias=False, naming="paper"),
+    "gpt2-medium-paper": GPT2Config(n_layer=24, n_head=16, n_embd=1024, bias=False, naming="paper"),
     "llama-3.2-1b": LlamaConfig(),
     "llama-3-8b": LlamaConfig(n_layer=32, n_head=32, n_kv_head=8, n_embd=4096, ffn_dim=14336, tie_embeddings=False),
     # tiny versions: same names and structure, small enough to allocate and profile in tests
     "gpt2-tiny": GPT2Config(vocab_size=256, block_size=64, n_layer=2, n_head=4, n_embd=64),
     "gpt2-tiny-fused": GPT2Config(vocab_size=256, block_size=64, n_layer=2, n_head=4, n_embd=64, fused_qkv=True),
+    "gpt2-tiny-paper": GPT2Config(vocab_size=256, block_size=64, n_layer=2, n_head=4, n_embd=64, bias=False,
+                                  naming="paper"),
     "llama-tiny": LlamaConfig(vocab_size=256, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, ffn_dim=128,
                               tie_embeddings=False),
 }
@@ -243,10 +265,15 @@ def preset_config(name: str) -> GPT2Config | LlamaConfig:
         raise ValueError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}") from None
 
 
-def build_model(name: str, device: str | torch.device = "meta", *, seed: int = 0) -> nn.Module:
-    """Build preset ``name`` on ``device``. On "meta" nothing is allocated (shapes only); elsewhere weights
-    get GPT-2's N(0, 0.02) init with the residual projections scaled by 1/sqrt(2 n_layer)."""
-    cfg = preset_config(name)
+_RESIDUAL_PROJECTIONS = ("c_proj.weight", "o_proj.weight", "down_proj.weight", "output_proj.weight", "mlp_proj.weight")
+
+
+def build_model(name: str | GPT2Config | LlamaConfig, device: str | torch.device = "meta", *,
+                seed: int = 0) -> nn.Module:
+    """Build preset ``name`` (or a config, e.g. a preset's with overrides) on ``device``. On "meta" nothing
+    is allocated (shapes only); elsewhere weights get GPT-2's N(0, 0.02) init with the residual projections
+    scaled by 1/sqrt(2 n_layer)."""
+    cfg = preset_config(name) if isinstance(name, str) else name
     with torch.device(device):
         model = GPT2(cfg) if isinstance(cfg, GPT2Config) else Llama(cfg)
     if torch.device(device).type != "meta":
@@ -256,13 +283,12 @@ def build_model(name: str, device: str | torch.device = "meta", *, seed: int = 0
                 if n.endswith("bias"):
                     p.zero_()
                 elif p.dim() >= 2:
-                    std = 0.02 / math.sqrt(2 * cfg.n_layer) if n.endswith(("c_proj.weight", "o_proj.weight",
-                                                                             "down_proj.weight")) else 0.02
+                    std = 0.02 / math.sqrt(2 * cfg.n_layer) if n.endswith(_RESIDUAL_PROJECTIONS) else 0.02
                     p.copy_(torch.randn(p.shape, generator=g) * std)
     return model
 
 
-def preset_info(name: str) -> dict:
-    """Config of a preset as a dict, with its family."""
-    cfg = preset_config(name)
+def preset_info(name: str, cfg: GPT2Config | LlamaConfig | None = None) -> dict:
+    """Config of a preset (or ``cfg``, the preset with overrides) as a dict, with its family."""
+    cfg = preset_config(name) if cfg is None else cfg
     return {"name": name, "family": "gpt2" if isinstance(cfg, GPT2Config) else "llama", **asdict(cfg)}

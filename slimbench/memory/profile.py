@@ -43,7 +43,7 @@ from torch.utils._pytree import tree_leaves
 
 from slimbench.env import provenance
 from slimbench.memory.ledger import optimizer_ledger, storage_key, tensor_bytes
-from slimbench.memory.presets import build_model, preset_config
+from slimbench.modelspec import ModelSpec, resolve_model, vocab_size
 from slimbench.registry import OptimizerUnavailable, build_optimizer, get_spec, transient_budget
 
 PROFILE_FORMAT = "slimbench.profile"
@@ -216,12 +216,12 @@ def _batch(vocab: int, batch_size: int, seq_len: int, device: torch.device, seed
     return idx[:, :-1], idx[:, 1:]
 
 
-def _profile_one(name: str, model_name: str, device: torch.device, dtype: torch.dtype, foreach: bool | None,
+def _profile_one(name: str, mspec: ModelSpec, device: torch.device, dtype: torch.dtype, foreach: bool | None,
                  batch_size: int, seq_len: int, warmup: int, seed: int, lr: float,
                  snapshot_dir: Path | None) -> ProfileRow:
     spec = get_spec(name)
-    model = build_model(model_name, device, seed=seed).to(dtype)
-    x, y = _batch(preset_config(model_name).vocab_size, batch_size, seq_len, device, seed)
+    model = mspec.build(device, seed=seed).to(dtype)
+    x, y = _batch(vocab_size(model), batch_size, seq_len, device, seed)
     kw: dict[str, Any] = {}
     if foreach is not None and spec.foreach:
         kw["foreach"] = foreach
@@ -233,7 +233,7 @@ def _profile_one(name: str, model_name: str, device: torch.device, dtype: torch.
 
     def fwd_bwd() -> None:
         opt.zero_grad(set_to_none=True)
-        model(x, y).backward()
+        mspec.lm_loss(model, x, y).backward()
 
     for _ in range(max(1, warmup)):  # lazily created state exists after the first step
         fwd_bwd()
@@ -252,7 +252,7 @@ def _profile_one(name: str, model_name: str, device: torch.device, dtype: torch.
         torch.cuda.reset_peak_memory_stats(device)
         if snapshot_dir is not None:
             torch.cuda.memory._record_memory_history(max_entries=100_000)
-        model(x, y).backward()
+        mspec.lm_loss(model, x, y).backward()
         torch.cuda.synchronize(device)
         fwd_bwd_peak = torch.cuda.max_memory_allocated(device) - base
         pre_step = torch.cuda.memory_allocated(device) - base  # gradients (activations are freed)
@@ -262,7 +262,8 @@ def _profile_one(name: str, model_name: str, device: torch.device, dtype: torch.
         peak_new = max(fwd_bwd_peak, pre_step + sm.transient_bytes)
         if snapshot_dir is not None:
             snapshot_dir.mkdir(parents=True, exist_ok=True)
-            snapshot = str(snapshot_dir / f"{model_name}-{name}.pickle")
+            label = "".join(c if c.isalnum() or c in "-_." else "_" for c in mspec.text)
+            snapshot = str(snapshot_dir / f"{label}-{name}.pickle")
             torch.cuda.memory._dump_snapshot(snapshot)
             torch.cuda.memory._record_memory_history(enabled=None)
         grad_bytes = tensor_bytes(p.grad for p in params)
@@ -271,7 +272,7 @@ def _profile_one(name: str, model_name: str, device: torch.device, dtype: torch.
         tracker = LiveTensorTracker()
         with tracker:
             with tracker.phase("fwd_bwd") as fb:
-                model(x, y).backward()
+                mspec.lm_loss(model, x, y).backward()
             grad_bytes = tensor_bytes(p.grad for p in params)
             t0 = time.perf_counter()
             with tracker.phase("step") as st:
@@ -288,14 +289,16 @@ def _profile_one(name: str, model_name: str, device: torch.device, dtype: torch.
                       step_seconds=step_seconds, snapshot=snapshot)
 
 
-def profile(model: str = "gpt2-tiny", optimizers: Sequence[str] = ("adamw", "slimadam", "adalayer"), *,
+def profile(model: str | ModelSpec = "gpt2-tiny", optimizers: Sequence[str] = ("adamw", "slimadam", "adalayer"), *,
             device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, foreach: bool | None = None,
             batch_size: int = 4, seq_len: int = 32, warmup: int = 2, seed: int = 0, lr: float = 1e-3,
             snapshot_dir: str | Path | None = None) -> ProfileResult:
     """Memory of a training step of preset ``model`` for each optimizer (see the module docstring).
 
     Args:
-        model: a preset name; profiles allocate for real, so use a size that fits (``gpt2-tiny``).
+        model: a preset name or a :class:`slimbench.modelspec.ModelSpec` (``resolve_model("hf:gpt2", {...})``),
+            a token model: forward(token ids) gives next-token logits (presets: the loss). Profiles allocate
+            for real, so use a size that fits (``gpt2-tiny``).
         optimizers: registry names; unavailable ones become skipped rows.
         device: "cpu" or "cuda[:i]".
         foreach: implementation flag passed to optimizers that support it (None: their default).
@@ -307,19 +310,24 @@ def profile(model: str = "gpt2-tiny", optimizers: Sequence[str] = ("adamw", "sli
         raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
     if snapshot_dir is not None and dev.type != "cuda":
         raise ValueError("memory snapshots need a CUDA device")
-    cfg = preset_config(model)
-    if seq_len > cfg.block_size:
-        raise ValueError(f"seq_len {seq_len} exceeds the preset's block_size {cfg.block_size}")
+    mspec = model if isinstance(model, ModelSpec) else resolve_model(model)
+    if mspec.max_positions is not None and seq_len > mspec.max_positions:
+        raise ValueError(f"seq_len {seq_len} exceeds {mspec.name}'s block_size (context) of {mspec.max_positions}")
+    probe = mspec.build("meta")  # fail once, before any optimizer, when the model cannot take token ids
+    if getattr(probe, "main_input_name", "input_ids") != "input_ids":
+        raise ValueError(f"cannot profile {mspec.name}: it takes {probe.main_input_name}, not token ids")
+    if vocab_size(probe) is None:
+        raise ValueError(f"cannot profile {mspec.name}: it has no token embedding (profile needs a token model)")
     for name in optimizers:
         get_spec(name)
     rows = []
     for name in dict.fromkeys(optimizers):
         try:
-            rows.append(_profile_one(name, model, dev, dtype, foreach, batch_size, seq_len, warmup, seed, lr,
+            rows.append(_profile_one(name, mspec, dev, dtype, foreach, batch_size, seq_len, warmup, seed, lr,
                                      Path(snapshot_dir) if snapshot_dir is not None else None))
         except OptimizerUnavailable as e:
             rows.append(ProfileRow(name, "skipped", reason=e.reason, device=str(dev)))
         except Exception as e:  # noqa: BLE001 - one optimizer failing (bad settings included) must not end the profile
             rows.append(ProfileRow(name, "skipped", reason=f"{type(e).__name__}: {e}", device=str(dev)))
-    return ProfileResult(model, str(dev), str(dtype).removeprefix("torch."), batch_size, seq_len, warmup, rows,
+    return ProfileResult(mspec.name, str(dev), str(dtype).removeprefix("torch."), batch_size, seq_len, warmup, rows,
                          provenance(dev))
