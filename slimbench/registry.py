@@ -151,6 +151,15 @@ def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
+def _decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on tensors with >= 2 dims only (norm gains and biases are not decayed), as in the paper's
+    code, nanoGPT and HF's Trainer; SlimAdam does the same by default (its ``decay_vectors`` flag)."""
+    named = _trainable(model)
+    groups = [{"params": [(n, p) for n, p in named if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [(n, p) for n, p in named if p.dim() < 2], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]] or [{"params": named}]
+
+
 def _is_int(value: Any) -> bool:
     """An int that is not a bool (True would pass as rank 1)."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -161,11 +170,13 @@ def _is_int(value: Any) -> bool:
 
 
 def _adamw(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, **extra: Any):
-    return torch.optim.AdamW(_trainable(model), lr=lr, betas=betas, weight_decay=weight_decay, **extra)
+    return torch.optim.AdamW(_decay_groups(model, weight_decay), lr=lr, betas=betas, weight_decay=weight_decay,
+                             **extra)
 
 
 def _adam(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, **extra: Any):
-    return torch.optim.Adam(_trainable(model), lr=lr, betas=betas, weight_decay=weight_decay, **extra)
+    return torch.optim.Adam(_decay_groups(model, weight_decay), lr=lr, betas=betas, weight_decay=weight_decay,
+                            **extra)
 
 
 def _sgd(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, **extra: Any):
@@ -177,12 +188,13 @@ def _sgd(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: 
     dampening = extra.get("dampening", 0.0)
     if not 0.0 <= dampening <= 1.0:
         raise ValueError(f"sgd: Invalid dampening value: {dampening} (must be in [0, 1])")
-    return torch.optim.SGD(_trainable(model), lr=lr, momentum=momentum, weight_decay=weight_decay, **extra)
+    return torch.optim.SGD(_decay_groups(model, weight_decay), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           **extra)
 
 
 def _slimadam(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, *,
               rules: RulesLike = "paper", **extra: Any):
-    return SlimAdam(_trainable(model), lr=lr, betas=betas, weight_decay=weight_decay,
+    return SlimAdam(model, lr=lr, betas=betas, weight_decay=weight_decay,
                     rules=REGISTRY["slimadam"].default_rules if rules is None else rules, **extra)
 
 
@@ -422,7 +434,7 @@ _SLIMADAM_ERRORS = (*SHARED_ERROR_INPUTS, *_EPS_ERRORS, _FUSED_AND_FOREACH,
                     _err({"rules": {"*": "sideways"}}, "unknown dims 'sideways'", "rule-unknown-dims-label"),
                     _err({"rules": {"type:nonsense": "fan_in"}}, "rule 'type:nonsense': unknown layer type",
                          "rule-unknown-layer-type"),
-                    _err({"rules": 3}, "rules must be None, 'paper', a dict, a RuleSet or a path; got int",
+                    _err({"rules": 3}, "rules must be None, 'paper', a dict, a RuleSet, a path or a list of those; got int",
                          "rules-wrong-type"),
                     _err({"rules": "/nonexistent/slimbench-rules.json"}, "slimbench-rules.json: no such file",
                          "rules-file-missing", FormatError),

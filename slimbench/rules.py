@@ -97,6 +97,8 @@ class Assignment:
         if self.blocks:
             return "blocks(" + ", ".join(f"{b.block.role}={b.label}" for b in self.blocks) + ")"
         lay = self.layout or default_layout(self.shape)
+        if lay.embed is not None and self.dims and self.dims == tuple(lay.embed):
+            return "embed"
         return role_label(self.dims, self.shape, lay.fan_out, lay.fan_in)
 
     @property

@@ -66,13 +66,16 @@ def test_every_registry_optimizer_is_audited_or_skipped_with_reason():
 
 
 def test_intent_vs_reality_fused_qkv():
+    """Issue 11: a fused Q|K|V weight is compressed per block, and the audit shows each block."""
     res = audit("gpt2-tiny-fused", ["slimadam"])
     s = res.intent_summary()
-    assert s["fused_uncompressed"] == ["transformer.h.0.attn.c_attn.weight", "transformer.h.1.attn.c_attn.weight"]
-    assert s["fell_back"] == s["fused_uncompressed"] and s["mismatches"] == []
+    assert s["compressed_per_block"] == ["transformer.h.0.attn.c_attn.weight", "transformer.h.1.attn.c_attn.weight"]
+    assert s["fused_uncompressed"] == [] and s["fell_back"] == [] and s["mismatches"] == []
     row = next(r for r in res.intent if r.name == "transformer.h.0.attn.c_attn.weight")
-    assert row.status == "full (fused QKV)" and "fused QKV" in row.note
-    assert row.actual_v_shape == row.shape
+    assert row.status == "compressed per block" and row.layout == "nn.Linear (out, in)"
+    assert row.actual_v_shape == row.intended_v_shape == (64 + 64 + 64,)
+    assert [(b["role"], b["label"], tuple(b["v_shape"])) for b in row.blocks] == [
+        ("query", "fan_in", (64, 1)), ("key", "fan_in", (64, 1)), ("value", "fan_out", (1, 64))]
     q = next(r for r in audit("gpt2-tiny", ["slimadam"]).intent if r.name.endswith("h.0.attn.q_proj.weight"))
     assert (q.rule, q.dims, q.actual_v_shape, q.status) == ("paper:query", "fan_in", (64, 1), "compressed")
 
@@ -115,7 +118,7 @@ def test_cli_json_and_table(capsys):
     assert obj["format"] == "slimbench.audit" and "provenance" in obj
     assert main(["audit", "--model", "gpt2-tiny-fused", "--optimizers", "slimadam", "--details"]) == 0
     out = capsys.readouterr().out
-    assert "fused QKV weights left uncompressed (2)" in out and "V intended" in out
+    assert "fused weights compressed per block (2)" in out and "V intended" in out and "\n[value] " in out
 
 
 def test_cli_errors_are_one_line(capsys, tmp_path):

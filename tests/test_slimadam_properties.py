@@ -69,7 +69,9 @@ def rules_of(case: dict, dims: list | None = None) -> dict:
 
 def slim(case: dict, foreach: bool, dims: list | None = None):
     hp = case["hp"]
-    return lambda named: SlimAdam(groups(named, case, hp), **hp, rules=rules_of(case, dims), foreach=foreach)
+    # decay_vectors: the references (torch.optim.AdamW, AdaLayer) decay every tensor
+    return lambda named: SlimAdam(groups(named, case, hp), **hp, rules=rules_of(case, dims), foreach=foreach,
+                                  decay_vectors=True)
 
 
 def assert_same(a: list[torch.Tensor], b: list[torch.Tensor], exact: bool = False) -> None:
@@ -85,7 +87,8 @@ def assert_same(a: list[torch.Tensor], b: list[torch.Tensor], exact: bool = Fals
 def test_no_compression_is_adamw(case: dict, foreach: bool) -> None:
     hp = case["hp"]
     ref, _ = run(case, lambda named: torch.optim.AdamW(groups(named, case, hp), **hp, foreach=foreach))
-    got, _ = run(case, lambda named: SlimAdam(groups(named, case, hp), **hp, rules=None, foreach=foreach))
+    got, _ = run(case, lambda named: SlimAdam(groups(named, case, hp), **hp, rules=None, foreach=foreach,
+                                              decay_vectors=True))
     # The for-loop path repeats AdamW's arithmetic operation for operation: bit-identical.
     assert_same(ref, got, exact=not foreach)
 

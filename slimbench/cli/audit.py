@@ -90,6 +90,12 @@ def _intent_lines(res: AuditResult, details: bool) -> list[str]:
              f"{s['compressed']} compressed as intended, {s['full_1d']} 1-D kept full (by design), "
              f"{len(s['fell_back'])} >= 2-D fell back to full Adam ({s['fell_back_numel']:,} elements), "
              f"{len(s['mismatches'])} mismatches"]
+    if s["compressed_per_block"]:
+        lines.append(f"  fused weights compressed per block ({len(s['compressed_per_block'])}): "
+                     + ", ".join(s["compressed_per_block"][:4]) + (" ..." if len(s["compressed_per_block"]) > 4 else ""))
+    if s["guessed_layouts"]:
+        lines.append(f"  layouts assumed (out, in), module type unknown ({len(s['guessed_layouts'])}): "
+                     + ", ".join(s["guessed_layouts"][:4]) + (" ..." if len(s["guessed_layouts"]) > 4 else ""))
     if s["fused_uncompressed"]:
         lines.append(f"  fused QKV weights left uncompressed ({len(s['fused_uncompressed'])}): "
                      + ", ".join(s["fused_uncompressed"][:4]) + (" ..." if len(s["fused_uncompressed"]) > 4 else ""))
@@ -101,10 +107,14 @@ def _intent_lines(res: AuditResult, details: bool) -> list[str]:
     if details:
         rows = [[r.name, "x".join(map(str, r.shape)), r.layer_type, r.rule or "-", r.dims,
                  "x".join(map(str, r.intended_v_shape)),
-                 "x".join(map(str, r.actual_v_shape)) if r.actual_v_shape is not None else "-", r.status, r.note]
-                for r in res.intent]
+                 "x".join(map(str, r.actual_v_shape)) if r.actual_v_shape is not None else "-", r.status,
+                 r.layout, r.note] for r in res.intent]
+        for r in res.intent:  # a fused weight's blocks, one row each, under it
+            at = next(i for i, row in enumerate(rows) if row[0] == r.name)
+            rows[at + 1:at + 1] = [[f"  [{b['role']}]", "x".join(map(str, b["shape"])), b["role"], b["rule"] or "-",
+                                    b["label"], "x".join(map(str, b["v_shape"])), "", "", "", ""] for b in r.blocks]
         lines += ["", tabulate(rows, headers=["parameter", "shape", "layer type", "rule", "K", "V intended",
-                                              "V held", "status", "note"], disable_numparse=True)]
+                                              "V held", "status", "layout", "note"], disable_numparse=True)]
     return lines
 
 

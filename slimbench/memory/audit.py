@@ -34,7 +34,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from slimbench.env import provenance
 from slimbench.memory.ledger import Ledger, optimizer_ledger
 from slimbench.memory.presets import build_model, preset_info
-from slimbench.optim._functional import reduced_shape
 from slimbench.registry import OptimizerUnavailable, build_optimizer, get_spec
 from slimbench.rules import RulesLike, fingerprint, load_rules
 
@@ -77,8 +76,10 @@ class IntentRow:
     dims: str  # label: none / fan_in / fan_out / both / "0,2"
     intended_v_shape: tuple[int, ...]
     actual_v_shape: tuple[int, ...] | None  # None: no exp_avg_sq held
-    status: str  # compressed | full (1-D) | full (no rule) | full (fused QKV) | full (rule: none) | mismatch
+    status: str  # compressed | compressed per block | full (1-D) | full (no rule) | full (fused QKV) | ...
     note: str = ""
+    layout: str = ""  # where the layout came from: "nn.Linear (out, in)", "transformers Conv1D (in, out)", ...
+    blocks: tuple[dict, ...] = ()  # a fused weight's blocks: role, shape, dims, label, v_shape, rule
 
     @property
     def fell_back(self) -> bool:
@@ -88,7 +89,8 @@ class IntentRow:
         return {"name": self.name, "shape": list(self.shape), "layer_type": self.layer_type, "rule": self.rule,
                 "dims": self.dims, "intended_v_shape": list(self.intended_v_shape),
                 "actual_v_shape": None if self.actual_v_shape is None else list(self.actual_v_shape),
-                "status": self.status, "fell_back": self.fell_back, "note": self.note}
+                "status": self.status, "fell_back": self.fell_back, "note": self.note, "layout": self.layout,
+                **({"blocks": list(self.blocks)} if self.blocks else {})}
 
 
 @dataclass
@@ -146,7 +148,9 @@ class AuditResult:
         """Counts for SlimAdam's intent audit: compressed, fell back (>= 2-D), fused left uncompressed."""
         fell = [r for r in self.intent if r.fell_back]
         return {"parameters": len(self.intent),
-                "compressed": sum(r.status == "compressed" for r in self.intent),
+                "compressed": sum(r.status.startswith("compressed") for r in self.intent),
+                "compressed_per_block": [r.name for r in self.intent if r.status == "compressed per block"],
+                "guessed_layouts": [r.name for r in self.intent if "assumed" in r.layout and len(r.shape) >= 2],
                 "full_1d": sum(r.status == "full (1-D)" for r in self.intent),
                 "fell_back": [r.name for r in fell],
                 "fell_back_numel": sum(prod(r.shape) for r in fell),
@@ -229,22 +233,24 @@ def slimadam_intent(opt: Any, ledger: Ledger) -> list[IntentRow]:
     held = {e.param: e.shape for e in ledger.entries if e.key == "exp_avg_sq"}
     rows = []
     for name, a in opt.assignments.items():
-        intended = reduced_shape(a.shape, a.dims)
+        intended = a.v_shape  # reduced over K, or 1-D (the blocks' V's) for a fused weight with blocks
         actual = held.get(name)
         if actual is None or tuple(actual) != tuple(intended):
             status = "mismatch"
-        elif a.dims and prod(actual) < prod(a.shape):
-            status = "compressed"
+        elif a.compressed and prod(actual) < prod(a.shape):
+            status = "compressed per block" if a.blocks else "compressed"
         elif len(a.shape) < 2:
             status = "full (1-D)"
-        elif a.layer_type == "qkv_fused":
+        elif a.layer_type in ("qkv_fused", "mlp_gate_up"):
             status = "full (fused QKV)"
         elif a.rule is None:
             status = "full (no rule)"
         else:
             status = "full (rule: none)"
         rows.append(IntentRow(name, a.shape, a.layer_type, a.rule, a.label, tuple(intended),
-                              None if actual is None else tuple(actual), status, a.note))
+                              None if actual is None else tuple(actual), status, a.note,
+                              a.layout.source if a.layout else "",
+                              tuple(b.to_dict() for b in a.blocks)))
     return rows
 
 

@@ -75,8 +75,8 @@ def _state_shape(p: Tensor, dims: list[int], blocks: list[dict] | None) -> tuple
 
 def _named(params: Any) -> tuple[Any, dict[str, Layout] | None]:
     """``params`` as torch.optim takes them, plus layouts read from the modules when given a model."""
-    if isinstance(params, nn.Module):
-        return list(params.named_parameters()), model_layouts(params)
+    if isinstance(params, nn.Module):  # trainable parameters only, as an optimizer for fine-tuning wants
+        return [(n, p) for n, p in params.named_parameters() if p.requires_grad], model_layouts(params)
     return params, None
 
 
