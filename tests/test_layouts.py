@@ -235,3 +235,34 @@ def test_hf_gpt2_paper_rules():
     model(x, labels=x).loss.backward()
     opt.step()
     assert opt.state[model.transformer.h[0].attn.c_attn.weight]["exp_avg_sq"].shape == (64 * 3,)
+
+
+def test_snr_rules_train_on_hf_gpt2_by_role_and_block(tmp_path):
+    """SNR of a Conv1D weight is read by role, per block of c_attn; the rules apply through the layout."""
+    transformers = pytest.importorskip("transformers")
+    from slimbench.rules import save_rules
+    from slimbench.snr import track_snr
+    from slimbench.snr.derive import derive_rules
+
+    cfg = transformers.AutoConfig.for_model("gpt2", n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with track_snr(model, opt, schedule="every:2") as tracker:
+        for _ in range(4):
+            x = torch.randint(0, 64, (2, 16))
+            model(x, labels=x).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    rec = tracker.record()
+    info = {p.name: p for p in rec.params}
+    assert info["transformer.h.0.mlp.c_proj.weight"].shape == (32, 128)  # (out, in), stored (in, out)
+    assert info["transformer.h.0.mlp.c_proj.weight"].stored_shape == (128, 32)
+    assert info["transformer.h.0.attn.c_attn.weight[value]"].layer_type == "value"
+    derived = derive_rules(rec, cutoff=0.0)
+    path = save_rules(tmp_path / "rules.json", derived.entries(), cutoff=0.0)
+    slim = SlimAdam(model, rules=str(path))
+    a = slim.assignments["transformer.h.0.mlp.c_proj.weight"]
+    k = next(r for r in derived.rows if r.name == "transformer.h.0.mlp.c_proj.weight").dims
+    assert a.label == {(0,): "fan_out", (1,): "fan_in", (0, 1): "both"}[k]
+    assert len(slim.assignments["transformer.h.0.attn.c_attn.weight"].blocks) == 3

@@ -101,10 +101,18 @@ class ParamRule:
     snr: dict[str, float]  # dims key ("0", "1", "0,1") -> mean SNR (for depth-averaged: the type's SNR)
     dims: tuple[int, ...]
     saved: int  # second-moment entries saved
+    stored_shape: tuple[int, ...] | None = None  # where the weight is stored otherwise (Conv1D, a block)
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    def dims_entry(self) -> list[int] | str:
+        """Dims as a rules file holds them: stored ints where SNR was measured as stored, else the role
+        ("fan_out" of a Conv1D weight or of a block), which SlimAdam reads through the weight's layout."""
+        if self.stored_shape is None:
+            return list(self.dims)
+        return role(self.dims, len(self.shape)) if self.dims else "none"
 
     def snr_by_role(self) -> dict[str, float]:
         return {role(key_dims(k), len(self.shape)): v for k, v in self.snr.items()}
@@ -168,7 +176,8 @@ class Derived:
                             "layers": list(t.layers),
                             "saved_fraction": (sum(r.saved for r in members) / numel) if numel else 0.0})
             return out
-        return [{"match": r.name, "dims": list(r.dims), "snr": dict(r.snr), "shape": list(r.shape),
+        return [{"match": r.name, "dims": r.dims_entry(), "snr": dict(r.snr),
+                 **({"shape": list(r.stored_shape or r.shape)} if not r.name.endswith("]") else {}),
                  "layer_type": r.layer_type, "saved_fraction": r.saved / r.numel if r.numel else 0.0}
                 for r in self.rows]
 
@@ -245,13 +254,15 @@ def derive_rules(record: SNRRecord, cutoff: float = 1.0, *, depth_average: bool 
             r = choice[p.layer_type]
             dims = role_dims(r, len(p.shape)) if r else ()
             snr_keys = {dims_key(role_dims(ro, len(p.shape))): v for ro, v in averaged[p.layer_type].items()}
-            rows.append(ParamRule(name, p.shape, p.layer_type, snr_keys, dims, saved_entries(p.shape, dims)))
+            rows.append(ParamRule(name, p.shape, p.layer_type, snr_keys, dims, saved_entries(p.shape, dims),
+                                  p.stored_shape))
     else:
         for name, per_k in means.items():
             p = info[name]
             k = choose(per_k, cutoff)
             dims = key_dims(k) if k else ()
-            rows.append(ParamRule(name, p.shape, p.layer_type, dict(per_k), dims, saved_entries(p.shape, dims)))
+            rows.append(ParamRule(name, p.shape, p.layer_type, dict(per_k), dims, saved_entries(p.shape, dims),
+                                  p.stored_shape))
     tracked = set(means)
     untracked = [p for p in record.params if p.name not in tracked]
     kept = [s for s in record.steps if s > skip_steps]
@@ -345,6 +356,12 @@ def _check_same_model(ruleset: RuleSet, shapes: Mapping[str, tuple[int, ...]]) -
     where = ruleset.source or "rules"
     for e in ruleset.entries:
         name = e["match"]
+        if name.endswith("]") and "[" in name:
+            name = name.rsplit("[", 1)[0]  # one block of a fused weight
+            if name not in shapes:
+                raise FormatError(f"{where}: rules for a different model: it names a block of {name!r}, which "
+                                  f"this model lacks")
+            continue
         if any(ch in name for ch in "*?["):
             continue  # a glob, not a recorded parameter
         if name not in shapes:

@@ -36,18 +36,26 @@ SNR_VERSION = 1
 class ParamInfo:
     """One model parameter as the SNR run saw it."""
 
-    name: str
-    shape: tuple[int, ...]
+    name: str  # a parameter, or "<parameter>[<role>]" for one block of a fused weight
+    shape: tuple[int, ...]  # in (fan_out, fan_in...) order, whatever the storage: SNR keys are dims of this
     layer_type: str
     tracked: bool
+    stored_shape: tuple[int, ...] | None = None  # the parameter's own shape, where it differs (Conv1D, blocks)
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def parameter(self) -> str:
+        """The model parameter this entry measures (a block's entry names its fused weight)."""
+        return self.name.rsplit("[", 1)[0] if self.name.endswith("]") else self.name
+
     def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "layer_type": self.layer_type,
-                "tracked": self.tracked}
+        d = {"name": self.name, "shape": list(self.shape), "layer_type": self.layer_type, "tracked": self.tracked}
+        if self.stored_shape is not None:
+            d["stored_shape"] = list(self.stored_shape)
+        return d
 
 
 @dataclass
@@ -101,8 +109,12 @@ class SNRRecord:
             if not isinstance(p, dict) or not isinstance(p.get("name"), str) or not isinstance(p.get("shape"), list):
                 raise bad(f"param #{i} needs 'name' and 'shape', got {p!r}")
             shape = tuple(int(s) for s in p["shape"])
+            stored = p.get("stored_shape")
+            if stored is not None and not (isinstance(stored, list) and all(isinstance(x, int) for x in stored)):
+                raise bad(f"param #{i}: 'stored_shape' must be a list of ints, got {stored!r}")
             params.append(ParamInfo(p["name"], shape, p.get("layer_type") or layer_type(p["name"], shape),
-                                    bool(p.get("tracked", len(shape) >= 2))))
+                                    bool(p.get("tracked", len(shape) >= 2)),
+                                    tuple(stored) if stored is not None else None))
         steps = obj.get("steps")
         if not isinstance(steps, list) or not all(isinstance(s, int) for s in steps):
             raise bad("'steps' must be a list of integers")
@@ -131,12 +143,15 @@ class SNRRecord:
         shapes = {n: tuple(int(x) for x in s) for n, s in named_shapes}
         where = self.source or "SNR record"
         for p in self.tracked:
-            if p.name not in shapes:
-                raise FormatError(f"{where}: recorded for a different model: it has no parameter {p.name!r} "
+            if p.parameter not in shapes:
+                raise FormatError(f"{where}: recorded for a different model: it has no parameter {p.parameter!r} "
                                   f"({len(shapes)} parameters, e.g. {', '.join(list(shapes)[:3])})")
-            if shapes[p.name] != p.shape:
+            if p.parameter != p.name:
+                continue  # a block: its fused weight's shape is checked through its own entry
+            want = p.stored_shape or p.shape
+            if shapes[p.name] != want:
                 raise FormatError(f"{where}: recorded for a different model: {p.name!r} has shape "
-                                  f"{list(shapes[p.name])}, the record has {list(p.shape)}")
+                                  f"{list(shapes[p.name])}, the record has {list(want)}")
 
 
 def load_snr(path: str | os.PathLike) -> SNRRecord:
