@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
+
 from tabulate import tabulate
 
 from slimbench.cli.audit import _DTYPES, human_bytes, parse_optimizers
@@ -66,7 +68,20 @@ def render_table(res: ProfileResult) -> str:
         *(f"method: {m}" for m in methods)])
 
 
+def _check_sizes(args: argparse.Namespace) -> None:
+    """Bad sizes or device: one line before any model is built (torch would accept 0 or raise a RuntimeError)."""
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--seq-len", args.seq_len, 1),
+                             ("--warmup", args.warmup, 0)):
+        if value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_sizes(args)
     names = parse_optimizers(args.optimizers)
     model = resolve_model(args.model, parse_sets(args.model_set))
     res = profile(model, names, device=args.device, dtype=_DTYPES[args.dtype], foreach=args.foreach,

@@ -31,9 +31,12 @@ from slimbench.tasks import TASKS, get_spec
 def _csv(kind):
     def parse(text: str):
         try:
-            return tuple(kind(x) for x in text.split(",") if x.strip())
+            values = tuple(kind(x.strip()) for x in text.split(",") if x.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+        if not values:  # `--lrs ,` must not silently fall back to the default
+            raise argparse.ArgumentTypeError(f"expected at least one {kind.__name__}, got {text!r}")
+        return values
     return parse
 
 
