@@ -53,7 +53,12 @@ RULES_FORMAT = "slimbench.rules"
 RULES_VERSION = 1
 MAX_RULES = 100_000  # a rules file names each parameter at most once; 8B-parameter models have < 1000
 
-DEFAULT_RULES = "paper"  # SlimAdam's, the CLI's and the runner's default rule set (one place)
+class _DefaultRules(str):
+    """The default rule set, equal to "paper" but told apart from an explicit "paper" (by identity), so
+    SlimAdam given bare parameters can fall back with a warning where an explicit "paper" is an error."""
+
+
+DEFAULT_RULES = _DefaultRules("paper")  # SlimAdam's, the CLI's and the runner's default rule set (one place)
 
 RulesLike = Union[None, str, os.PathLike, Mapping[str, Any], "RuleSet", Sequence[Any]]
 
@@ -455,7 +460,7 @@ def fingerprint(rules: RulesLike) -> str:
     import hashlib
     import json
 
-    if rules is None:
+    if rules is None or (isinstance(rules, str) and rules.strip().lower() == "none"):
         return "none"
     if isinstance(rules, str) and rules == "paper":
         return "paper"

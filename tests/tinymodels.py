@@ -38,3 +38,14 @@ def lm_loss(model: torch.nn.Module, seed: int) -> torch.Tensor:
     idx = torch.randint(0, 11, (3, 5), generator=g)
     logits = model(idx)
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), idx.roll(1, 1).reshape(-1))
+
+
+def tiny_convnet() -> torch.nn.Module:
+    """A conv stem and a classifier: the paper gives no conv rule, so coverage must say so."""
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(8, 10))
+
+
+def tiny_encoder() -> torch.nn.Module:
+    """torch's own TransformerEncoderLayer: nn.MultiheadAttention's fused in_proj_weight (Q|K|V)."""
+    return torch.nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32)

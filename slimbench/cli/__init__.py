@@ -18,7 +18,7 @@ import sys
 from slimbench.io import FormatError
 
 # Order is the order shown in --help.
-SUBCOMMANDS = ("audit", "optimizers", "profile", "snr", "rules", "data", "run", "report", "compare", "experiment")
+SUBCOMMANDS = ("audit", "coverage", "optimizers", "profile", "snr", "rules", "data", "run", "report", "compare", "experiment")
 EXIT_BAD_INPUT = 2
 EXIT_BROKEN_PIPE = 141
 

@@ -21,7 +21,7 @@ from slimbench.cli import snr as snr_cli
 from slimbench.cli.snr import fmt_snr, parse_sets
 from slimbench.layers import dims_label
 from slimbench.modelspec import add_model_arguments, parse_sets as parse_model_sets, resolve_model
-from slimbench.optim._functional import reduced_shape
+from slimbench.layouts import model_layouts
 from slimbench.snr.derive import DEFAULT_CUTOFFS, ROLES, Derived, apply_rules, derive_rules, sweep_cutoffs
 from slimbench.snr.record import load_snr
 
@@ -102,11 +102,6 @@ def _check_apply_args(args: argparse.Namespace) -> None:
         raise ValueError("give SNR_JSON to derive rules, or --apply --model MODEL [--rules FILE] to resolve rules")
 
 
-def _v_shape(a) -> tuple[int, ...]:
-    """V's shape for an assignment (fused weights: their blocks' V's, flattened)."""
-    return a.v_shape if hasattr(a, "v_shape") else reduced_shape(a.shape, a.dims)
-
-
 def apply_to_model(args: argparse.Namespace, rules, check_record=None) -> None:
     """Print the K and V shape each parameter of ``--model`` gets from ``rules`` (built on meta)."""
     spec = resolve_model(args.model, parse_model_sets(args.model_set))
@@ -114,12 +109,12 @@ def apply_to_model(args: argparse.Namespace, rules, check_record=None) -> None:
     named = [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad]
     if check_record is not None:
         check_record.check_model(named)
-    applied = apply_rules(rules, named)
+    applied = apply_rules(rules, named, layouts=model_layouts(model))
     print(f"{'rules ' + str(rules) if isinstance(rules, str) else 'the rules above'} applied to {spec.name}: "
           f"{len(named)} parameters, V saved {100 * applied.saved_fraction:.2f}%")
     print(tabulate([[r.assignment.name, "x".join(map(str, r.assignment.shape)), r.assignment.layer_type,
                      r.assignment.rule or "-", r.assignment.label,
-                     "x".join(map(str, _v_shape(r.assignment))), r.assignment.note]
+                     "x".join(map(str, r.assignment.v_shape)), r.assignment.note]
                     for r in applied.rows],
                    headers=["parameter", "shape", "layer type", "rule", "K", "V shape", "note"],
                    disable_numparse=True))

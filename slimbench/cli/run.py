@@ -62,7 +62,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     p.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="override a task or model setting, e.g. --set n_layer=4 --set init=torch (JSON values)")
-    p.add_argument("--rules", help="SlimAdam rules: 'paper' or a rules file (default: none)")
+    p.add_argument("--rules", help="SlimAdam rules: 'paper', 'none' or a rules file (default: 'paper', the one default of "
+                   "SlimAdam, the registry and every subcommand; other optimizers take no rules)")
     p.add_argument("--divergence-factor", type=float, default=_sweep.DEFAULT_DIVERGENCE_FACTOR,
                    help="end a run when its loss exceeds this x its first loss (default: %(default)s)")
     p.add_argument("--out", help="result folder, one JSON per run (default: results/runs/TASK-PRESET)")

@@ -20,6 +20,7 @@ from typing import Any
 
 from slimbench.io import FormatError
 from slimbench.layers import LAYER_TYPES
+from slimbench.layouts import Layout
 from slimbench.rules import Assignment, RuleSet, RulesLike, load_rules, resolve, save_rules
 from slimbench.snr.record import ParamInfo, SNRRecord
 from slimbench.snr.stats import dims_key, key_dims
@@ -324,10 +325,12 @@ class Applied:
         return [r.assignment.name for r in self.rows if r.assignment.rule is None and len(r.assignment.shape) >= 2]
 
 
-def apply_rules(rules: RulesLike, named_shapes: Iterable[tuple[str, Sequence[int]]]) -> Applied:
+def apply_rules(rules: RulesLike, named_shapes: Iterable[tuple[str, Sequence[int]]], *,
+                layouts: Mapping[str, Layout] | None = None) -> Applied:
     """Resolve ``rules`` against a model and report, per parameter, which rule it got.
 
-    By-layer-type rules transfer to any model (a type the rules lack leaves its layers uncompressed).
+    ``layouts`` (from :func:`slimbench.layouts.model_layouts`) read aliases by role and give fused weights
+    their blocks; without them layouts are guessed from names. By-layer-type rules transfer to any model (a type the rules lack leaves its layers uncompressed).
     By-name rules must fit the model: a rule naming a parameter the model lacks, or recorded for another
     shape, raises a one-line :class:`FormatError` saying the rules are for a different model.
     """
@@ -342,13 +345,13 @@ def apply_rules(rules: RulesLike, named_shapes: Iterable[tuple[str, Sequence[int
             entries[e["match"] if by == "name" else f"type:{e['match']}"] = e
         if by == "name":
             _check_same_model(ruleset, dict(items))
-    assignments = resolve(items, ruleset)
+    assignments = resolve(items, ruleset, layouts=layouts)
     rows = []
     for name, shape in items:
         a = assignments[name]
         e = entries.get(a.rule or "", {})
         snr = e.get("snr") if isinstance(e.get("snr"), dict) else {}
-        rows.append(AppliedRule(a, {str(k): float(v) for k, v in snr.items()}, saved_entries(shape, a.dims)))
+        rows.append(AppliedRule(a, {str(k): float(v) for k, v in snr.items()}, math.prod(shape) - math.prod(a.v_shape)))
     return Applied(rows, by, source)
 
 
