@@ -266,3 +266,23 @@ def test_snr_rules_train_on_hf_gpt2_by_role_and_block(tmp_path):
     k = next(r for r in derived.rows if r.name == "transformer.h.0.mlp.c_proj.weight").dims
     assert a.label == {(0,): "fan_out", (1,): "fan_in", (0, 1): "both"}[k]
     assert len(slim.assignments["transformer.h.0.attn.c_attn.weight"].blocks) == 3
+
+
+def test_layer_type_rules_transfer_by_role_between_layouts(tmp_path):
+    """Rules derived on GPT-2 (Conv1D, (in, out)) apply by role to Llama (nn.Linear, (out, in))."""
+    transformers = pytest.importorskip("transformers")
+    from slimbench.rules import save_rules
+
+    path = save_rules(tmp_path / "types.json", [{"match": "mlp_down", "dims": "fan_out"},
+                                                {"match": "query", "dims": "fan_in"}], by="layer_type")
+    gpt2 = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(
+        "gpt2", n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16))
+    llama = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(
+        "llama", num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+        num_key_value_heads=2, vocab_size=64))
+    g = SlimAdam(gpt2, rules=str(path)).assignments
+    m = SlimAdam(llama, rules=str(path)).assignments
+    assert g["transformer.h.0.mlp.c_proj.weight"].v_shape == (128, 1)  # (in, out): fan_out is dim 1
+    assert m["model.layers.0.mlp.down_proj.weight"].v_shape == (1, 64)  # (out, in): fan_out is dim 0
+    assert [b.v_shape for b in g["transformer.h.0.attn.c_attn.weight"].blocks][0] == (1, 32)  # Q block, fan_in
+    assert m["model.layers.0.self_attn.q_proj.weight"].v_shape == (32, 1)
