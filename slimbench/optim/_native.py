@@ -8,14 +8,18 @@ item reduces G*G over a row (K trailing, e.g. fan_in) or a block of columns (K l
 and immediately updates that row or block while it is still in cache. With several threads, the blocks
 of a fan_out gradient too large for cache are shared by the whole team (rows split between threads).
 Per parameter of n entries of b bytes it moves 5nb (p, G, M read; p, M written) plus the reduced V,
-against fused AdamW's 7nb, and it allocates nothing on the heap (no transient memory at all).
+against fused AdamW's 7nb, and its only heap allocation is two scalars per tensor per call (no
+tensor-sized transient at all).
 
-Build: the C file is compiled on first use with the system C compiler (``$CC``, else ``cc``/``gcc``;
-``-O3 -march=native -fopenmp``, under a second) into ``$SLIMBENCH_CACHE/kernels`` (default
-``~/.cache/slimbench/kernels``), named by a hash of the source, the flags, the compiler's version and
-the CPU's model and flags, so a shared home directory never hands one machine another's binary. OpenMP
-comes from the libgomp torch has already loaded; the kernel runs with ``torch.get_num_threads()``
-threads and never starts a thread team with one.
+Build and cache (:mod:`slimbench.optim._native_build`): the C file is compiled on first use with the
+system C compiler (``$CC``, else ``cc``/``gcc``; ``-O3 -march=native -fopenmp``, under a second) into
+``$SLIMBENCH_CACHE/kernels`` (default ``~/.cache/slimbench/kernels``), a private directory, and is loaded
+only after its owner, mode and recorded sha256 are checked. OpenMP comes from the libgomp torch has already
+loaded; the kernel runs with ``torch.get_num_threads()`` threads and never starts a thread team with one.
+
+Trust: :mod:`slimbench.optim._fused` checks every tensor against its parameter before calling here (shape,
+dtype, device, K); this module plans only from those shapes, and the kernel checks the plan against the
+shapes before touching memory (a negative return code, raised here).
 
 Which tensors it takes (:func:`fits`, :func:`_ready`): CPU; float32, float64, bfloat16 or float16 (the
 half types are computed in fp32 and each stored value rounded once, as torch's fused AdamW does, where
@@ -27,23 +31,18 @@ from __future__ import annotations
 
 import array
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
+import operator
 from dataclasses import dataclass
 from math import prod
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from slimbench.optim._functional import AdamHyper
+from slimbench.optim._native_build import NativeUnavailable, build, cache_dir, load
 
-SOURCE = Path(__file__).with_name("_native_kernel.c")
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
+__all__ = ["NativeUnavailable", "build", "cache_dir", "library", "step_where_possible"]
+
 DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 # Work items of about this many entries (256 KiB of fp32 G): small enough to balance two or more threads,
@@ -58,94 +57,63 @@ BLOCK_BYTES = 1 << 22
 MIN_SPLIT_W = 256  # narrowest block made only to give each thread one (1 KiB of fp32 per row segment)
 SPLIT_BYTES = 1 << 18  # with several threads, gradients from this size get a block per thread
 MAX_W = 4096  # the kernel's stack arrays (slimadam_max_block in the C file)
+ABI = 2  # slimadam_abi_version(): the entry points' signature
+# The kernel's return codes (SLIMADAM_E* in the C file).
+KERNEL_ERRORS = {-1: "a count, thread number or pointer out of range", -2: "a tensor view with a zero extent",
+                 -3: "a work item outside its tensor", -4: "out of memory for the per-call scratch"}
 
 
-class NativeUnavailable(RuntimeError):
-    """The kernel cannot be built or loaded here (no C compiler, compile error); the reason says which."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SLIMBENCH_CACHE", Path.home() / ".cache" / "slimbench")) / "kernels"
-
-
-def _compiler() -> str:
-    for cc in (os.environ.get("CC"), "cc", "gcc"):
-        if cc and shutil.which(cc):
-            return cc
-    raise NativeUnavailable("no C compiler found (set $CC, or install gcc)")
-
-
-def _cpu_signature() -> str:
-    """The CPU's model and feature flags: what -march=native compiles for."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))]
-        return "\n".join(sorted(set(keep)))
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
-def build(force: bool = False, directory: Path | None = None) -> Path:
-    """Compile the kernel into ``directory`` (default :func:`cache_dir`), once per source/flags/compiler/CPU,
-    and return the library path."""
-    cc = _compiler()
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
-    except (OSError, subprocess.SubprocessError) as e:
-        raise NativeUnavailable(f"{cc} --version failed: {e}") from e
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, platform.machine(),
-                                    _cpu_signature()]).encode()).hexdigest()[:16]
-    out = (directory or cache_dir()) / f"slimadam_{key}.so"
-    if out.exists() and not force:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        try:
-            proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
-                                  check=False, timeout=300)
-        except subprocess.SubprocessError as e:  # e.g. a hung compiler: fall back rather than crash
-            raise NativeUnavailable(f"{cc} did not finish compiling {SOURCE.name}: {e}") from e
-        if proc.returncode != 0:
-            raise NativeUnavailable(f"{cc} failed to compile {SOURCE.name}: {proc.stderr.strip()[:300]}")
-        os.replace(tmp, out)  # atomic: concurrent processes never load a half-written library
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
-
+_DATA_PTR = operator.methodcaller("data_ptr")
 
 _lib: ctypes.CDLL | None = None
 _lib_error: str | None = None
 
 
 def library() -> ctypes.CDLL:
-    """The loaded kernel library (built on first call); raises NativeUnavailable, remembering why."""
+    """The loaded kernel library (built on first call); raises NativeUnavailable, remembering why.
+
+    A library whose hash checks out but lacks an entry point or has another ABI (a stale or foreign
+    build) is rebuilt once; if the rebuilt one fails too, the kernel is unavailable (a fallback, never an
+    AttributeError)."""
     global _lib, _lib_error
     if _lib is not None:
         return _lib
     if _lib_error is not None:
         raise NativeUnavailable(_lib_error)
     try:
-        lib = ctypes.CDLL(str(build()))
-        for dtype, suffix in list(DTYPES.items()):
-            if not hasattr(lib, f"slimadam_step_{suffix}"):  # e.g. no _Float16 in this C compiler
-                del DTYPES[dtype]
-                continue
-            fn = getattr(lib, f"slimadam_step_{suffix}")
-            fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                           ctypes.c_void_p, ctypes.c_int64, *([ctypes.c_double] * 5), ctypes.c_int, ctypes.c_int]
-            fn.restype = ctypes.c_int
-        if lib.slimadam_max_block() != MAX_W:
-            raise NativeUnavailable(f"kernel block size {lib.slimadam_max_block()} != {MAX_W}")
-    except NativeUnavailable as e:
+        try:
+            lib = _bind(load(build()))
+        except _Foreign:
+            lib = _bind(load(build(force=True)))
+    except (NativeUnavailable, _Foreign) as e:
         _lib_error = str(e)
-        raise
-    except OSError as e:
-        _lib_error = f"could not load the kernel: {e}"
-        raise NativeUnavailable(_lib_error) from e
+        raise NativeUnavailable(_lib_error) from None
     _lib = lib
+    return lib
+
+
+class _Foreign(Exception):
+    """A loaded library that is not the kernel this source builds."""
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the entry points' signatures; drop from DTYPES a dtype whose entry point the library lacks
+    (e.g. no _Float16 in this C compiler). Raises _Foreign for a library that is not this kernel."""
+    try:
+        abi, max_block = lib.slimadam_abi_version(), lib.slimadam_max_block()
+        lib.slimadam_step_f32, lib.slimadam_step_f64  # every C compiler builds these
+    except AttributeError as e:
+        raise _Foreign(f"the kernel library lacks an entry point ({e})") from None
+    if abi != ABI or max_block != MAX_W:
+        raise _Foreign(f"the kernel library has ABI {abi} / block {max_block}, expected {ABI} / {MAX_W}")
+    for dtype, suffix in list(DTYPES.items()):
+        fn = getattr(lib, f"slimadam_step_{suffix}", None)
+        if fn is None:
+            del DTYPES[dtype]
+            continue
+        fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                       ctypes.c_void_p, ctypes.c_int64, *([ctypes.c_double] * 5), ctypes.c_int, ctypes.c_int]
+        fn.restype = ctypes.c_int
     return lib
 
 
@@ -224,51 +192,56 @@ def make_plan(shapes: list[torch.Size], dims: list[tuple[int, ...]], itemsize: i
                 (ctypes.c_int64 * len(shared))(*shared), len(shared) // 4)
 
 
-_plans: dict[tuple, Plan] = {}
-_fits: dict[tuple, list[int]] = {}  # bucket structure -> indices of the tensors that fit the kernel
-
-
-def clear_cache() -> None:
-    _plans.clear()
-    _fits.clear()
-
-
 def step_where_possible(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
                         exp_avg_sqs: list[Tensor], state_steps: list[Tensor], dims: list[tuple[int, ...]],
-                        hp: AdamHyper) -> list[int]:
+                        hp: AdamHyper, scratch: dict | None = None) -> list[int]:
     """Update every tensor the kernel takes (incrementing its step); return the indices of the others.
 
-    What is fixed per tensor (device, dtype, shape, K) is checked once per bucket structure; contiguity
-    and the step counter every step, which costs about 0.3 us per tensor. Raises NativeUnavailable
-    (before touching anything) when the kernel cannot be built here.
+    The tensors must already fit their parameters (``_fused.check_state``): this plans from the parameters'
+    shapes alone. ``scratch`` is a dict the caller keeps per ``_fused.signature`` (shapes, dtypes, devices,
+    contiguity, the steps' dtype and device, K: everything the choices here depend on), where which
+    tensors the kernel takes and their plans are cached, so a step only gathers data pointers. Without
+    one, everything is worked out afresh. Raises NativeUnavailable (before touching anything) when the
+    kernel cannot be built here.
     """
-    structure = (tuple((p.shape, p.dtype, p.is_cpu) for p in params), tuple(dims))
-    fit = _fits.get(structure)
-    if fit is None:
+    if scratch is None:
+        scratch = {}
+    groups = scratch.get("groups")
+    if groups is None:
         candidates = [i for i, (p, k) in enumerate(zip(params, dims)) if fits(p, k)]
         if candidates:
             library()  # loading drops from DTYPES any dtype whose entry point the library lacks
-        fit = _fits[structure] = [i for i in candidates if params[i].dtype in DTYPES]
-    take = [i for i in fit if _ready(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], state_steps[i])]
-    if not take:
-        return list(range(len(params)))
+        take = [i for i in candidates if params[i].dtype in DTYPES
+                and _ready(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], state_steps[i])]
+        taken = set(take)
+        scratch["rest"] = [i for i in range(len(params)) if i not in taken]
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for i in take:
+            by_dtype.setdefault(params[i].dtype, []).append(i)
+        groups = scratch["groups"] = list(by_dtype.items())
+    if not groups:
+        return scratch["rest"]
     lib = library()
-    by_dtype: dict[torch.dtype, list[int]] = {}
-    for i in take:
-        by_dtype.setdefault(params[i].dtype, []).append(i)
     threads = torch.get_num_threads()
-    for dtype, idx in by_dtype.items():
-        key = (structure, tuple(idx), threads)
-        plan = _plans.get(key)
+    for dtype, idx in groups:
+        key = (dtype, threads)
+        plan = scratch.get(key)
         if plan is None:
-            plan = _plans[key] = make_plan([params[i].shape for i in idx], [dims[i] for i in idx],
-                                           params[idx[0]].element_size(), threads)
-        ptrs = array.array("q", [lst[i].data_ptr() for lst in (params, grads, exp_avgs, exp_avg_sqs, state_steps)
-                                 for i in idx])
-        getattr(lib, f"slimadam_step_{DTYPES[dtype]}")(
+            plan = scratch[key] = make_plan([params[i].shape for i in idx], [dims[i] for i in idx],
+                                            params[idx[0]].element_size(), threads)
+        if len(idx) == len(params):  # the usual case: every tensor, one C-level map per list
+            ptrs = array.array("q", [x for lst in (params, grads, exp_avgs, exp_avg_sqs, state_steps)
+                                     for x in map(_DATA_PTR, lst)])
+        else:
+            ptrs = array.array("q", [lst[i].data_ptr() for lst in (params, grads, exp_avgs, exp_avg_sqs, state_steps)
+                                     for i in idx])
+        rc = getattr(lib, f"slimadam_step_{DTYPES[dtype]}")(
             len(idx), ptrs.buffer_info()[0], plan.shapes, plan.items, plan.n_items, plan.shared, plan.n_shared,
             hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, int(hp.maximize), threads)
-    if len(take) == len(params):
-        return []
-    taken = set(take)
-    return [i for i in range(len(params)) if i not in taken]
+        if rc != 0:
+            why = KERNEL_ERRORS.get(rc, f"code {rc}")
+            if rc == -4:
+                raise MemoryError(f"SlimAdam(fused=True): the native kernel is {why}")
+            raise RuntimeError(f"SlimAdam(fused=True): the native kernel refused its plan for the {dtype} "
+                               f"tensors ({why}) and did not run; this is a slimbench bug, please report it")
+    return scratch["rest"]

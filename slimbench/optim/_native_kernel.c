@@ -17,20 +17,80 @@
  * each thread sums its share of the rows, the partial sums are added per column, then each thread
  * updates its rows.
  *
- * No heap allocation: sums and scales live on the stack (MAX_W entries per thread). Sums of squares
- * accumulate in double. Storage may be fp32, fp64, bf16 or fp16 (S); the update is computed in T (fp32
- * for the half types) and each result rounded once when stored.
+ * Memory: per call, two small heap arrays (the per-tensor scalars, n * 2 * sizeof(T), and one pointer per
+ * thread); column sums and scales live on each thread's stack, bounded by MAX_W entries. Nothing sized by
+ * the caller is on the stack. Sums of squares accumulate in double. Storage may be fp32, fp64, bf16 or
+ * fp16 (S); the update is computed in T (fp32 for the half types) and each result rounded once when stored.
+ *
+ * Trust: the caller (Python) checks every tensor against its parameter before calling; this file checks
+ * the plan it is handed against itself before touching any tensor (every item inside its tensor's
+ * (O, R, I), no block wider than MAX_W, no null pointer, a sane thread count) and returns a negative
+ * SLIMADAM_E* code instead of running when it does not hold.
+ *
+ * Huge and non-finite gradients, the contract every SlimAdam path keeps (slimbench/optim/_fused.py):
+ * V's new term is computed as torch computes it in the for-loop, in T: K = () adds ((1-b2) * g) * g, as
+ * torch's addcmul (AdamW) does; otherwise the sum of squares over K is rounded to T before dividing by R,
+ * so a sum past T's largest finite value is +inf (as torch's fp32 G*G and its sum are), V is +inf for
+ * good, and every entry sharing it gets no gradient update again (weight decay still applies).
  */
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_W 4096
+#define SLIMADAM_ABI 2 /* bumped whenever an entry point's signature changes */
 
 typedef struct {
     int64_t tensor, o, lo, hi;
 } Item;
+
+/* Return codes of slimadam_step_* (mirrored in _native.py). */
+#define SLIMADAM_OK 0
+#define SLIMADAM_EARGS (-1)  /* a count, a thread number or a pointer is out of range */
+#define SLIMADAM_ESHAPE (-2) /* a tensor's (O, R, I) has a zero or negative extent, or overflows */
+#define SLIMADAM_EITEM (-3)  /* a work item falls outside its tensor, or is wider than MAX_W */
+#define SLIMADAM_ENOMEM (-4) /* the per-call scratch arrays could not be allocated */
+#define SLIMADAM_MAX_THREADS 65536
+
+/* Whether items[0..count) lie inside their tensors. Column blocks (R > 1 and I > 1) are (o, lo, hi) with
+   o < O, hi <= I and hi - lo <= MAX_W (the stack arrays); others are ranges of entries (R == 1: hi <= O*I)
+   or of rows (I == 1: hi <= O). Shared items must be column blocks. */
+static int check_items(const Item *items, int64_t count, int64_t n, const int64_t *shapes, int shared) {
+    if (count > 0 && items == NULL) return SLIMADAM_EARGS;
+    for (int64_t k = 0; k < count; k++) {
+        const Item it = items[k];
+        if (it.tensor < 0 || it.tensor >= n || it.lo < 0 || it.lo >= it.hi) return SLIMADAM_EITEM;
+        const int64_t O = shapes[3 * it.tensor], R = shapes[3 * it.tensor + 1], I = shapes[3 * it.tensor + 2];
+        const int columns = R > 1 && I > 1;
+        if (shared && !columns) return SLIMADAM_EITEM;
+        if (columns ? (it.o < 0 || it.o >= O || it.hi > I || it.hi - it.lo > MAX_W)
+                    : (it.o != 0 || it.hi > (R == 1 ? O * I : O)))
+            return SLIMADAM_EITEM;
+    }
+    return SLIMADAM_OK;
+}
+
+/* Everything the kernel is handed, checked before any tensor is touched. */
+static int check_call(int64_t n, void *const *ptrs, const int64_t *shapes, const Item *items, int64_t n_items,
+                      const Item *shared, int64_t n_shared, int threads) {
+    if (n < 0 || n_items < 0 || n_shared < 0 || threads < 1 || threads > SLIMADAM_MAX_THREADS)
+        return SLIMADAM_EARGS;
+    if (n == 0) return n_items == 0 && n_shared == 0 ? SLIMADAM_OK : SLIMADAM_EITEM;
+    if (ptrs == NULL || shapes == NULL) return SLIMADAM_EARGS;
+    for (int64_t i = 0; i < 5 * n; i++)
+        if (ptrs[i] == NULL) return SLIMADAM_EARGS;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t O = shapes[3 * i], R = shapes[3 * i + 1], I = shapes[3 * i + 2];
+        int64_t entries;
+        if (O < 1 || R < 1 || I < 1 || __builtin_mul_overflow(O, R, &entries) ||
+            __builtin_mul_overflow(entries, I, &entries))
+            return SLIMADAM_ESHAPE;
+    }
+    int rc = check_items(items, n_items, n, shapes, 0);
+    return rc != SLIMADAM_OK ? rc : check_items(shared, n_shared, n, shapes, 1);
+}
 
 /* Storage <-> compute conversions. fp32/fp64 compute in their own type; bf16 and fp16 are loaded to fp32,
    updated there, and rounded once (to nearest even) when stored, as torch's fused AdamW does. */
@@ -72,7 +132,7 @@ typedef struct {
         for (int64_t j = lo; j < hi; j++) {                                                                      \
             T gj = sign * LD(g[j]), mj0 = LD(m[j]);                                                              \
             T mj = mj0 + w1 * (gj - mj0);                                                                        \
-            T vj = LD(v[j]) * b2 + w2 * (gj * gj);                                                               \
+            T vj = LD(v[j]) * b2 + (w2 * gj) * gj; /* addcmul's order */                                         \
             m[j] = ST(mj);                                                                                       \
             v[j] = ST(vj);                                                                                       \
             p[j] = ST(LD(p[j]) * decay + neg_step * (mj / (SQRT(vj) / bc2_sqrt + eps)));                         \
@@ -88,7 +148,7 @@ typedef struct {
             double s = 0.0;                                                                                      \
             _Pragma("omp simd reduction(+ : s)")                                                                 \
             for (int64_t k = 0; k < R; k++) s += (double)LD(gr[k]) * (double)LD(gr[k]);                          \
-            T vr = LD(v[r]) * h->b2 + h->w2 * (T)(s / (double)R);                                                \
+            T vr = LD(v[r]) * h->b2 + h->w2 * ((T)s / (T)R); /* +inf past T's range */                           \
             v[r] = ST(vr);                                                                                       \
             T scale = neg_step / (SQRT(vr) / bc2_sqrt + h->eps);                                                 \
             _Pragma("omp simd")                                                                                  \
@@ -126,7 +186,7 @@ typedef struct {
     static void column_scales_##SUFFIX(S *vo, const double *sum, int64_t R, int64_t w, const Hyper_##SUFFIX *h,  \
                                        T neg_step, T bc2_sqrt, T *scale) {                                       \
         for (int64_t c = 0; c < w; c++) {                                                                        \
-            T vc = LD(vo[c]) * h->b2 + h->w2 * (T)(sum[c] / (double)R);                                          \
+            T vc = LD(vo[c]) * h->b2 + h->w2 * ((T)sum[c] / (T)R);                                          \
             vo[c] = ST(vc);                                                                                      \
             scale[c] = neg_step / (SQRT(vc) / bc2_sqrt + h->eps);                                                \
         }                                                                                                        \
@@ -187,27 +247,37 @@ typedef struct {
     }                                                                                                            \
                                                                                                                  \
     /* ptrs: 5 arrays of n pointers (p, g, m, v, step), step counters are float32 scalars.                       \
-       shapes: n rows of (O, R, I). items: owned by one thread; shared: done by the whole team. Returns 0. */    \
+       shapes: n rows of (O, R, I). items: owned by one thread; shared: done by the whole team.                  \
+       Returns SLIMADAM_OK, or a negative SLIMADAM_E* code having touched nothing (see check_call). */           \
     int slimadam_step_##SUFFIX(int64_t n, void *const *ptrs, const int64_t *shapes, const Item *items,           \
                                int64_t n_items, const Item *shared, int64_t n_shared, double lr, double beta1,   \
                                double beta2, double eps, double weight_decay, int maximize, int threads) {       \
+        const int rc = check_call(n, ptrs, shapes, items, n_items, shared, n_shared, threads);                   \
+        if (rc != SLIMADAM_OK || n == 0) return rc;                                                              \
         S *const *P = (S *const *)ptrs;                                                                          \
         const S *const *G = (const S *const *)(ptrs + n);                                                        \
         S *const *M = (S *const *)(ptrs + 2 * n);                                                                \
         S *const *V = (S *const *)(ptrs + 3 * n);                                                                \
         float *const *STEP = (float *const *)(ptrs + 4 * n);                                                     \
-        /* Per-tensor scalars, in double as the for-loop computes them in Python, then rounded to T. */          \
-        T neg_step[n], bc2_sqrt[n];                                                                              \
+        /* Per-tensor scalars on the heap: a bucket can hold any number of tensors. */                           \
+        T *neg_step = malloc((size_t)n * 2 * sizeof(T));                                                         \
+        double **parts = n_shared > 0 ? malloc((size_t)threads * sizeof(double *)) : NULL;                       \
+        if (neg_step == NULL || (n_shared > 0 && parts == NULL)) {                                               \
+            free(neg_step);                                                                                      \
+            free(parts);                                                                                         \
+            return SLIMADAM_ENOMEM;                                                                              \
+        }                                                                                                        \
+        T *bc2_sqrt = neg_step + n;                                                                              \
+        /* In double as the for-loop computes them in Python, then rounded to T. */                              \
         for (int64_t i = 0; i < n; i++) {                                                                        \
             *STEP[i] += 1.0f;                                                                                    \
             double t = (double)*STEP[i];                                                                         \
             neg_step[i] = (T)(-(lr / (1.0 - pow(beta1, t))));                                                    \
             bc2_sqrt[i] = (T)sqrt(1.0 - pow(beta2, t));                                                          \
         }                                                                                                        \
-        const Hyper_##SUFFIX h = {maximize ? (T)-1 : (T)1, (T)(1.0 - lr * weight_decay), (T)(1.0 - beta1),      \
+        const Hyper_##SUFFIX h = {maximize ? (T)-1 : (T)1, (T)(1.0 - lr * weight_decay), (T)(1.0 - beta1),       \
                                   (T)beta2, (T)(1.0 - beta2), (T)eps};                                           \
         if (n_shared > 0) {                                                                                      \
-            double *parts[threads > 0 ? threads : 1];                                                            \
             T scale[MAX_W];                                                                                      \
             _Pragma("omp parallel num_threads(threads)")                                                         \
             for (int64_t k = 0; k < n_shared; k++) {                                                             \
@@ -226,9 +296,12 @@ typedef struct {
             else if (I == 1)                                                                                     \
                 rows_##SUFFIX(P[i], G[i], M[i], V[i], R, it.lo, it.hi, &h, neg_step[i], bc2_sqrt[i]);            \
             else                                                                                                 \
-                columns_##SUFFIX(P[i], G[i], M[i], V[i], R, I, it.o, it.lo, it.hi, &h, neg_step[i], bc2_sqrt[i]); \
+                columns_##SUFFIX(P[i], G[i], M[i], V[i], R, I, it.o, it.lo, it.hi, &h, neg_step[i],              \
+                                 bc2_sqrt[i]);                                                                   \
         }                                                                                                        \
-        return 0;                                                                                                \
+        free(parts);                                                                                             \
+        free(neg_step);                                                                                          \
+        return SLIMADAM_OK;                                                                                      \
     }
 
 DEFINE_STEP(f32, float, float, SAME, SAME, sqrtf)
@@ -239,3 +312,4 @@ DEFINE_STEP(f16, _Float16, float, F16_LOAD, F16_STORE, sqrtf)
 #endif
 
 int slimadam_max_block(void) { return MAX_W; }
+int slimadam_abi_version(void) { return SLIMADAM_ABI; }
