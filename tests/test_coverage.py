@@ -26,3 +26,10 @@ def test_fallbacks_name_their_reason_and_bad_models_are_rows(tmp_path, capsys):
     assert conv["fell_back"] >= 1 and all(f["reason"] for f in conv["fallbacks"])
     assert "conv" in " ".join(f["reason"] for f in conv["fallbacks"])
     assert bad["error"] and "nope-model" in bad["error"]
+
+
+def test_paper_gpt2_configuration_saves_the_papers_share():
+    """Issue 11 item 7: the paper's bias-free, tied GPT-2 small with its own names saves 99.88% of V."""
+    row = coverage(["gpt2-small-paper"])[0]
+    assert row.params == 124_373_760 and row.fell_back == 0
+    assert round(100 * row.saved_fraction, 2) == 99.88
