@@ -120,6 +120,7 @@ def test_our_own_directory_writable_by_others_is_tightened(cache: Path) -> None:
 
 def test_the_key_covers_the_real_compiler_and_every_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A wrapper that adds flags is another compiler; a sanitized build is another library."""
+    monkeypatch.delenv(_native_build.SANITIZE_ENV, raising=False)
     plain = _native_build.toolchain()
     keys = {plain.key()}
     for i, extra in enumerate(("-O1", "-O1 -ffast-math")):
