@@ -274,8 +274,9 @@ class SlimAdam(Optimizer):
             _store_group_dims(group, names, assignments)
         return assignments
 
-    def _init_group(self, group: dict, *, decayed: bool) -> tuple[list[Tensor], ...]:
-        """The parallel lists the kernels take, for the tensors that are (``decayed``) or are not decayed.
+    def _init_group(self, group: dict, *, decayed: bool | None) -> tuple[list[Tensor], ...]:
+        """The parallel lists the kernels take: every tensor (``decayed=None``), or only those that are
+        (True) or are not (False) weight-decayed.
 
         A fused weight with blocks enters as one entry per block: views of the parameter, gradient and
         M, and a view of its slice of the flat V. The blocks share one step counter: the first block
@@ -287,7 +288,7 @@ class SlimAdam(Optimizer):
         for p, k, blocks in zip(group["params"], group["param_dims"], blocks_of):
             if p.grad is None or p.numel() == 0:  # a zero-size tensor has nothing to update
                 continue
-            if (p.dim() >= 2 or decay_vectors) != decayed:
+            if decayed is not None and (p.dim() >= 2 or decay_vectors) != decayed:
                 continue
             if p.grad.is_sparse:
                 raise RuntimeError("SlimAdam does not support sparse gradients")
@@ -328,7 +329,9 @@ class SlimAdam(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for decayed in (True, False):  # 1-D tensors are not decayed unless decay_vectors
+            # 1-D tensors are not decayed unless decay_vectors: a second call for them, only when it matters
+            split = group["weight_decay"] != 0 and not group.get("decay_vectors", False)
+            for decayed in ((True, False) if split else (None,)):
                 params, grads, exp_avgs, exp_avg_sqs, steps, dims = self._init_group(group, decayed=decayed)
                 if not params:
                     continue
@@ -336,7 +339,7 @@ class SlimAdam(Optimizer):
                 foreach = False if fused else (group["foreach"] if group["foreach"] is not None
                                                else default_foreach(params))
                 beta1, beta2 = group["betas"]
-                wd = group["weight_decay"] if decayed else 0.0
+                wd = 0.0 if decayed is False else group["weight_decay"]
                 hp = AdamHyper(group["lr"], beta1, beta2, group["eps"], wd, group["maximize"])
                 slimadam(params, grads, exp_avgs, exp_avg_sqs, steps, dims, hp=hp, foreach=foreach, fused=fused,
                          fused_backend=group.get("fused_backend", "auto"))
