@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from slimbench import registry
+from slimbench.memory.ledger import second_moment_keys
 from slimbench.memory.presets import build_model
 from slimbench.registry import (
     REGISTRY,
@@ -18,6 +19,7 @@ from slimbench.registry import (
     adam_mini_shape,
     available,
     build_optimizer,
+    generated_error_inputs,
 )
 
 SPECS = list(REGISTRY.values())
@@ -235,13 +237,49 @@ def test_declared_error_inputs_raise_their_error(spec, error, tiny_gpt):
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_every_spec_declares_the_shared_error_inputs(spec):
-    """A new spec cannot skip the shared cases (lr < 0 first among them); descs name distinct test ids."""
+    """A new spec cannot skip the shared cases (lr < 0 first among them); descs name distinct test ids.
+    The shared cases are generated (``OptimizerSpec.error_inputs``), never copied into a spec by hand."""
     negative_lr = SHARED_ERROR_INPUTS[0]
     assert negative_lr.kwargs == {"lr": -1e-3} and negative_lr in spec.error_inputs
     missing = [e.desc for e in SHARED_ERROR_INPUTS if e not in spec.error_inputs]
     assert not missing, f"{spec.name} lacks shared error inputs {missing}"
     descs = [e.desc for e in spec.error_inputs]
     assert len(descs) == len(set(descs)), f"{spec.name}: duplicate error-input descs"
+    copied = [e.desc for e in spec.own_error_inputs if e in generated_error_inputs(spec)]
+    assert not copied, f"{spec.name} copies generated error inputs {copied} into its own"
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_error_inputs_follow_the_capability_flags(spec):
+    """Each flag the optimizer lacks (or a pair it has) brings the case that proves build_optimizer refuses it."""
+    descs = {e.desc for e in spec.error_inputs}
+    expected = {"foreach-refused": not spec.foreach, "fused-refused": not spec.fused,
+                "fused-and-foreach": spec.foreach and spec.fused, "rules-refused": not spec.uses_rules,
+                "weight-decay-refused": not spec.weight_decay, "negative-eps": spec.scalar_eps,
+                "nan-eps": spec.scalar_eps}
+    assert {d for d in expected if d in descs} == {d for d, wanted in expected.items() if wanted}
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.weight_decay], ids=[s.name for s in SPECS if s.weight_decay])
+def test_weight_decay_flag_is_honest(spec):
+    """An optimizer flagged with weight decay takes weight_decay > 0 (those without refuse it: error inputs)."""
+    try:
+        build_optimizer(spec.name, build_model("gpt2-tiny", "meta"), weight_decay=0.1)
+    except OptimizerUnavailable as e:
+        pytest.skip(f"{spec.name} unavailable: {e.reason}")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_ledger_reads_the_second_moment_keys_the_spec_declares(spec):
+    """The ledger identifies V by the optimizer's class; the spec declares both, and they must agree with
+    what the factory builds (a spec naming the wrong class would silently fall back to the default keys)."""
+    try:
+        opt = build_optimizer(spec.name, build_model("gpt2-tiny", "meta"), lr=spec.sensible_lr)
+    except OptimizerUnavailable as e:
+        pytest.skip(f"{spec.name} unavailable: {e.reason}")
+    assert second_moment_keys(opt) == (spec.second_moment_keys, spec.state_class)
+    same_class = {s.second_moment_keys for s in SPECS if s.state_class == spec.state_class}
+    assert same_class == {spec.second_moment_keys}, f"specs building {spec.state_class} disagree on V's keys"
 
 
 def test_galore_rank_defaults_to_128_and_is_a_keyword():

@@ -17,7 +17,8 @@ Accounting (what a byte is):
       tensor memory; they are counted in ``python_scalars`` and charged 0 bytes.
 
 "Second moments" are the entries an optimizer keeps as its estimate of E[g^2] (Adam's V), identified per
-optimizer class (:data:`SECOND_MOMENT_KEYS`), so "second moments saved vs Adam" is
+optimizer class (:data:`SECOND_MOMENT_KEYS`: each registry spec's ``second_moment_keys`` under the class it
+builds, its ``state_class``), so "second moments saved vs Adam" is
 ``1 - held / numel`` where ``held`` is the number of elements in those tensors and ``numel`` the number of
 parameter elements (Adam holds one per element):
 
@@ -45,23 +46,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-# Class (by root package and class name, matched along the MRO) -> glob patterns of second-moment keys.
-SECOND_MOMENT_KEYS: dict[str, tuple[str, ...]] = {
-    "torch.Adam": ("exp_avg_sq",),
-    "torch.AdamW": ("exp_avg_sq",),
-    "torch.SGD": (),
-    "torch.Adafactor": ("row_var", "col_var", "variance"),
-    "slimbench.SlimAdam": ("exp_avg_sq",),
-    "slimbench.AdaLayer": ("exp_avg_sq",),
-    "adam_mini.Adam_mini": ("vmean", "v"),
-    "torch_optimizer.Adafactor": ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq"),
+from slimbench.registry import REGISTRY
+
+# Classes no registry entry builds that users pass to the ledger directly (pytorch-optimizer's own
+# Adafactor and Adam-mini ports); registry classes are declared by their specs.
+_UNREGISTERED_KEYS: dict[str, tuple[str, ...]] = {
     "pytorch_optimizer.AdaFactor": ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq"),
-    "pytorch_optimizer.CAME": ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq"),
-    "pytorch_optimizer.SM3": ("accumulator_*",),
-    "pytorch_optimizer.GaLore": ("exp_avg_sq",),
-    "pytorch_optimizer.Lion": (),
     "pytorch_optimizer.AdamMini": ("vmean", "v"),
 }
+# Class (by root package and class name, matched along the MRO) -> glob patterns of second-moment keys.
+SECOND_MOMENT_KEYS: dict[str, tuple[str, ...]] = {
+    **_UNREGISTERED_KEYS,
+    **{s.state_class: s.second_moment_keys for s in REGISTRY.values() if s.state_class is not None}}
 DEFAULT_SECOND_MOMENT_KEYS: tuple[str, ...] = (
     "exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col", "v", "vmean", "row_var", "col_var", "variance",
     "accumulator_*")
