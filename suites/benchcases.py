@@ -26,11 +26,13 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from slimbench.bench import extra_info
 from slimbench.tasks.models import GPT, GPTConfig
 
-BENCH_EXTRA_VERSION = 1  # version of the extra_info layout below; slimbench.report reads "kind"
-KIND_STEP = "step_time"
-KIND_TRAINING = "training"
+# extra_info layouts: one schema, slimbench/bench/extra_info.py, that the report and `compare` read through
+BENCH_EXTRA_VERSION = extra_info.EXTRA_VERSION
+KIND_STEP = extra_info.KIND_STEP
+KIND_TRAINING = extra_info.KIND_TRAINING
 REFERENCE = "adamw"  # registry name of the reference, run with foreach=True
 REFERENCE_LABEL = "torch.optim.AdamW(foreach=True)"
 

@@ -61,10 +61,10 @@ import torch
 from torch import nn
 
 from slimbench import SlimAdam
+from slimbench.bench import extra_info
 from slimbench.tasks.models import GPT, GPTConfig
 
-EXTRA_KIND = "fused_step"
-EXTRA_VERSION = 1
+EXTRA_KIND = extra_info.KIND_FUSED  # layout: slimbench/bench/extra_info.py
 HP = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
 
 
@@ -172,14 +172,14 @@ class Comparison:
             for a, b in (("slimadam_fused", "adamw_fused"), ("slimadam_foreach", "adamw_foreach")):
                 if mem.get(a) is not None and mem.get(b) is not None:
                     met[f"transient {a}<={b}"] = {"met": mem[a] <= mem[b]}
-        return {"kind": EXTRA_KIND, "extra_version": EXTRA_VERSION, "size": self.size,
-                "model_config": SIZES[self.size].config, "n_params": self.n_params, "device": self.device,
-                "dtype": self.dtype, "threads": self.threads, "hyperparameters": {**HP, "rules": "paper"},
-                "ms_per_step": ms, "ratio": ratios, "targets_met": met,
-                "bytes_per_step": self.bytes_per_step, "state_bytes": self.state_bytes,
-                "effective_GBps": {p: self.bytes_per_step[p] / min(s) / 1e9 for p, s in self.seconds.items()},
-                "compile_s": self.compile_s, "native_build_s": self.native_build_s,
-                "first_step_s": self.first_step_s, **self.memory}
+        return extra_info.make(
+            EXTRA_KIND, size=self.size, model_config=SIZES[self.size].config, n_params=self.n_params,
+            device=self.device, dtype=self.dtype, threads=self.threads, hyperparameters={**HP, "rules": "paper"},
+            ms_per_step=ms, ratio=ratios, targets_met=met, bytes_per_step=self.bytes_per_step,
+            state_bytes=self.state_bytes,
+            effective_GBps={p: self.bytes_per_step[p] / min(s) / 1e9 for p, s in self.seconds.items()},
+            compile_s=self.compile_s, native_build_s=self.native_build_s, first_step_s=self.first_step_s,
+            **self.memory)
 
 
 def compare(size: str, device: torch.device, dtype: torch.dtype) -> tuple[Comparison, dict]:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import benchcases
+from slimbench.bench import extra_info
 from slimbench.registry import REGISTRY, OptimizerUnavailable, available
 from slimbench.rules import fingerprint
 
@@ -57,13 +58,12 @@ def _run_case(benchmark, name: str, shape: str, device: torch.device, dtype: tor
     ref = benchcases.Timing(benchcases.REFERENCE_LABEL, ref_times[s.warmup_rounds:] or ref_times)
 
     info = benchmark.extra_info
-    info.update({"kind": benchcases.KIND_STEP, "extra_version": benchcases.BENCH_EXTRA_VERSION,
-                 "optimizer": name, "family": spec.family, "shape": shape, "model_config": dict(s.config),
-                 "device": str(device), "dtype": str(dtype).removeprefix("torch."), "foreach": foreach,
-                 "rules": rules, "rules_fingerprint": fingerprint(rules), "threads": torch.get_num_threads(),
-                 "torch": torch.__version__, "slimbench": benchcases.slimbench_version(),
-                 "reference": ref.label, "reference_min_s": ref.min, "reference_median_s": ref.median,
-                 "reference_rounds": len(ref.rounds)})
+    info.update(extra_info.make(
+        benchcases.KIND_STEP, optimizer=name, family=spec.family, shape=shape, model_config=dict(s.config),
+        device=str(device), dtype=str(dtype).removeprefix("torch."), foreach=foreach, rules=rules,
+        rules_fingerprint=fingerprint(rules), threads=torch.get_num_threads(), torch=torch.__version__,
+        slimbench=benchcases.slimbench_version(), reference=ref.label, reference_min_s=ref.min,
+        reference_median_s=ref.median, reference_rounds=len(ref.rounds)))
     info.update(benchcases.memory_info(name, shape, device, dtype, foreach, rules))
     stats = getattr(benchmark.stats, "stats", None)  # None with --benchmark-disable
     if stats is not None:

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import benchcases
+from slimbench.bench import extra_info
 from slimbench.bench.results import RunConfig, save_result
 from slimbench.bench.runner import run
 from slimbench.registry import REGISTRY, OptimizerUnavailable, available
@@ -83,20 +84,17 @@ def test_training(benchmark, runs_dir, task: str, name: str, steps: int | None) 
     s = result.summary
     n = get_spec(task, "tiny", **overrides).steps
     losses = result.train_loss
-    benchmark.extra_info.update({
-        "kind": benchcases.KIND_TRAINING, "extra_version": benchcases.BENCH_EXTRA_VERSION,
-        "task": task, "preset": "tiny", "optimizer": name, "lr": config.lr, "seed": SEED, "steps": n,
-        "overrides": dict(config.overrides), "run_id": config.run_id, "rules": config.rules,
-        "rules_fingerprint": config.rules_fingerprint(), "threads": torch.get_num_threads(),
-                 "torch": torch.__version__, "slimbench": benchcases.slimbench_version(),
-        "device": "cpu", "dtype": result.env.get("dtype"),
-        "loss_at_step": {str(i): (losses[i] if i < len(losses) else None) for i in loss_at_steps(n)},
-        "val_loss_at_step": {str(v["step"]): v["loss"] for v in result.val},
-        "initial_loss": s["initial_loss"], "final_train_loss": s["final_train_loss"],
-        "final_val_loss": s["final_val_loss"], "best_val_loss": s["best_val_loss"],
-        "diverged": result.status == "diverged", "diverged_step": s["diverged_step"],
-        "steps_done": s["steps_done"], "median_step_time_s": s["median_step_time_s"],
-        "state_bytes": s["state_bytes"], "param_bytes": s["param_bytes"],
-        "second_moment_saved_fraction": result.memory.get("second_moment_saved_fraction"),
-    })
+    benchmark.extra_info.update(extra_info.make(
+        benchcases.KIND_TRAINING, task=task, preset="tiny", optimizer=name, lr=config.lr, seed=SEED, steps=n,
+        overrides=dict(config.overrides), run_id=config.run_id, rules=config.rules,
+        rules_fingerprint=config.rules_fingerprint(), threads=torch.get_num_threads(), torch=torch.__version__,
+        slimbench=benchcases.slimbench_version(), device="cpu", dtype=result.env.get("dtype"),
+        loss_at_step={str(i): (losses[i] if i < len(losses) else None) for i in loss_at_steps(n)},
+        val_loss_at_step={str(v["step"]): v["loss"] for v in result.val},
+        initial_loss=s["initial_loss"], final_train_loss=s["final_train_loss"],
+        final_val_loss=s["final_val_loss"], best_val_loss=s["best_val_loss"],
+        diverged=result.status == "diverged", diverged_step=s["diverged_step"],
+        steps_done=s["steps_done"], median_step_time_s=s["median_step_time_s"],
+        state_bytes=s["state_bytes"], param_bytes=s["param_bytes"],
+        second_moment_saved_fraction=result.memory.get("second_moment_saved_fraction")))
     assert s["steps_done"] >= 1 or result.status == "diverged"

@@ -9,7 +9,7 @@ from slimbench.bench.results import RunConfig, load_result, save_result
 from slimbench.cli import main
 from slimbench.report import load
 from slimbench.report.compare import (DEFAULT_CHECKS, DifferenceCheck, ExactCheck, PercentageCheck, compare,
-                                      parse_check)
+                                      entries, parse_check)
 from synthetic_results import bench_entry, make_run, write_bench, write_runs
 
 
@@ -178,3 +178,45 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     assert capsys.readouterr().err == ("error: python -m slimbench compare: the following arguments are required: "
                                        "NEW (see --help)\n")
     assert main(["compare", str(tmp_path / "missing"), str(base)]) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# lr band width and the one meaning of step ratio
+
+
+def _lr_sweep(folder, slim_losses):
+    runs = []
+    for lr, adamw in {1e-3: 2.2, 3e-3: 2.0, 1e-2: 2.05, 3e-2: 2.6}.items():
+        runs.append(make_run("adamw", lr, 0, final=adamw))
+        runs.append(make_run("slimadam", lr, 0, final=slim_losses[lr], state_bytes=1010))
+    return write_runs(folder, runs)
+
+
+def test_lr_width_gates_robustness(tmp_path):
+    wide = {1e-3: 2.05, 3e-3: 2.0, 1e-2: 2.02, 3e-2: 2.08}  # all within 5% of 2.0: width 30x
+    narrow = {1e-3: 2.3, 3e-3: 2.0, 1e-2: 2.2, 3e-2: 2.5}  # only the best lr: width 1x
+    base, new = _lr_sweep(tmp_path / "base", wide), _lr_sweep(tmp_path / "new", narrow)
+    ok = compare(load([base]), load([base]), ["lr_width:0%"])
+    band = [d for d in ok.deltas if d.metric == "lr_width"]
+    assert {d.key for d in band} == {"lr band gpt/tiny steps=10 adamw", "lr band gpt/tiny steps=10 slimadam"}
+    assert {d.key: d.baseline for d in band}["lr band gpt/tiny steps=10 slimadam"] == pytest.approx(30.0)
+    assert not ok.failed
+    result = compare(load([base]), load([new]), ["lr_width:50%"])
+    assert [(d.key, d.status, d.new) for d in result.regressions] == \
+        [("lr band gpt/tiny steps=10 slimadam", "regressed", 1.0)]
+    assert parse_check("lr_width:2").text == "lr_width:2"
+
+
+def test_fused_step_ratio_divides_by_adamw_of_the_same_kind(tmp_path):
+    ms = {"adamw_fused": 2.0, "adamw_foreach": 10.0, "slimadam_foreach": 4.0, "slimadam_fused": 1.6}
+    info = {"size": "s", "n_params": 10, "device": "cpu", "dtype": "float32", "threads": 1,
+            "ms_per_step": {p: {"min": v, "median": v} for p, v in ms.items()}, "state_bytes": {p: 1 for p in ms}}
+    benches = []
+    for p in ms:
+        e = bench_entry(f"s-{p}", p, kind="fused_step", path=p)
+        e["extra_info"].update(info)
+        benches.append(e)
+    c = load([write_bench(tmp_path / "fused.json", benches)])
+    ratios = {k.rsplit("[", 1)[1].rstrip("]"): e.metrics["step_ratio"] for k, e in entries(c).items()}
+    assert ratios == {"s-adamw_fused": pytest.approx(1.0), "s-adamw_foreach": pytest.approx(1.0),
+                      "s-slimadam_foreach": pytest.approx(0.4), "s-slimadam_fused": pytest.approx(0.8)}

@@ -12,9 +12,13 @@ from slimbench.report import load
 from slimbench.report.load import Collection, Item
 from slimbench.report.markdown import SourceIndex, table_markdown, write_report
 from slimbench.report.plots import line_panels
-from slimbench.report.tables import (Options, Table, build_sections, default_steps, format_value, lr_grid_columns,
-                                     lr_grid_rows, lr_rows, lr_summary_rows, memory_rows, snr_rows, step_tables,
-                                     step_time_rows, table_from_lists)
+from slimbench.report.lr import lr_grid_columns, lr_grid_rows, lr_rows, lr_summary_rows
+from slimbench.report.memory import memory_rows
+from slimbench.report.sections import build_sections
+from slimbench.report.snr import snr_rows
+from slimbench.report.step_time import step_time_rows
+from slimbench.report.steps import default_steps, step_tables
+from slimbench.report.table import Options, Table, format_value, table_from_lists
 from slimbench.snr.derive import derive_rules
 from slimbench.snr.record import ParamInfo, SNRRecord
 from synthetic_results import bench_entry, make_run, write_bench, write_json, write_runs

@@ -5,7 +5,8 @@ import pytest
 from synthetic_results import bench_entry, write_bench
 
 from slimbench.report import load
-from slimbench.report.tables import build_sections, fused_rows, fused_target_rows
+from slimbench.report.sections import build_sections
+from slimbench.report.step_time import fused_rows, fused_target_rows
 
 
 def _fused_info() -> dict:

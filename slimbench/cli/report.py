@@ -45,7 +45,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from slimbench.report import load
     from slimbench.report.markdown import SourceIndex, render_table, write_report
-    from slimbench.report.tables import Options
+    from slimbench.report.table import Options
 
     if not args.within >= 0:
         raise ValueError(f"--within must be >= 0, got {args.within}")

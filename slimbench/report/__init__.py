@@ -7,8 +7,13 @@
     cmp.failed, cmp.moved()
 
 * :mod:`~slimbench.report.load`: read paths and folders, recognising each file by its ``format``.
-* :mod:`~slimbench.report.tables`: rows per section (memory, loss vs lr, loss vs step, SNR, step time,
-  environment), each with the files it came from.
+* :mod:`~slimbench.report.table`: the table model and cell formats; :mod:`~slimbench.report.runs`: what
+  makes runs comparable (task, optimizer labels, step ratio of a run).
+* one module per section, its rows and columns together, each row with the files it came from:
+  :mod:`~slimbench.report.memory`, :mod:`~slimbench.report.lr`, :mod:`~slimbench.report.steps`,
+  :mod:`~slimbench.report.training`, :mod:`~slimbench.report.snr`, :mod:`~slimbench.report.step_time`,
+  :mod:`~slimbench.report.environment`; :mod:`~slimbench.report.sections` puts them in order
+  (:mod:`~slimbench.report.tables` re-exports them under the old name).
 * :mod:`~slimbench.report.plots`: U-curves, loss curves, memory bars (matplotlib, Agg).
 * :mod:`~slimbench.report.markdown`: ``report.md`` with numbered sources.
 * :mod:`~slimbench.report.compare`: checks parsed from ``metric:threshold`` and the comparison.
@@ -16,7 +21,8 @@
 from slimbench.report.compare import (DEFAULT_CHECKS, Check, Comparison, Delta, DifferenceCheck, ExactCheck,
                                       PercentageCheck, compare, entries, parse_check)
 from slimbench.report.load import Collection, Item, load
-from slimbench.report.tables import Options, Section, Table, build_sections
+from slimbench.report.sections import build_sections
+from slimbench.report.table import Options, Section, Table
 
 
 def __getattr__(name: str):

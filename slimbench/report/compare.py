@@ -13,15 +13,18 @@ larger, except for metrics where larger is better (``saved_fraction``).
 
 Entries are matched by key: a sweep run by its ``run_id`` (task, preset, optimizer, lr, seed, rules and
 a hash of the overrides: the same command gives the same ids), a benchmark by its pytest ``fullname``,
-a profile / audit row by model, device and optimizer. Metrics of an entry (None when not measured):
+a profile / audit row by model, device and optimizer, a sweep's lr band by task and optimizer. Metrics of
+an entry (None when not measured):
 
     state_bytes      optimizer state bytes (ledger)              runs, step/training benchmarks, profiles, audits
     saved_fraction   share of Adam's second moments not held     same
     final_loss       final validation loss (None if diverged)    runs, training benchmarks
     best_loss        best validation loss                        runs, training benchmarks
     diverged         1 if the run diverged, else 0               runs, training benchmarks
-    step_ratio       step time / AdamW(foreach)'s, same run,     step and fused benchmarks; runs (vs the
-                     ratio of minima                             AdamW run of the same task, lr and seed)
+    step_ratio       step time / the same kind of AdamW step's,  step and fused benchmarks; runs (vs the
+                     same run, ratio of minima (extra_info)      AdamW run of the same task, lr and seed)
+    lr_width         width hi/lo of the lr band within 5% of     sweeps, per task and optimizer
+                     the best loss (larger is better)
     step_time_s      absolute step time, min (machine-dependent) benchmarks, runs
     peak_bytes       peak memory of a step                       step benchmarks, profiles
     transient_bytes  extra memory during step()                  step benchmarks, profiles
@@ -36,8 +39,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from slimbench.bench import extra_info as xi
+from slimbench.bench.best_lr import lr_means, lr_width
 from slimbench.report.load import Collection
-from slimbench.report.tables import optimizer_label, task_label
+from slimbench.report.runs import (adamw_step_times, group_runs, min_step_time, optimizer_label, run_step_ratio,
+                                   task_label)
 
 METRICS: dict[str, str] = {
     "state_bytes": "optimizer state bytes",
@@ -45,12 +51,13 @@ METRICS: dict[str, str] = {
     "final_loss": "final validation loss",
     "best_loss": "best validation loss",
     "diverged": "1 if the run diverged",
-    "step_ratio": "step time / AdamW(foreach) step time, same run",
+    "step_ratio": "step time / the same kind of AdamW step's time, same run",
+    "lr_width": "width (hi/lo) of the lr band within 5% of the best loss",
     "step_time_s": "step time in seconds (machine-dependent)",
     "peak_bytes": "peak memory of a step",
     "transient_bytes": "extra memory during step()",
 }
-HIGHER_IS_BETTER = frozenset({"saved_fraction"})
+HIGHER_IS_BETTER = frozenset({"saved_fraction", "lr_width"})
 DEFAULT_CHECKS = ("state_bytes:exact", "final_loss:5%", "diverged:0", "step_ratio:50%")
 
 
@@ -179,52 +186,46 @@ def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-MIN_TIMED_STEPS = 10  # fewer (a run that diverged early) give no step time: the minimum of 3 steps is noise
-
-
-def min_step_time(result) -> float | None:
-    """Fastest training step of a run. On shared cores other processes only add time, so the minimum is
-    the stable statistic: between two identical sweeps, ratios of minima to AdamW's moved < 15%, ratios
-    of medians up to 80%."""
-    times = [t for t in result.step_time_s if _num(t) is not None]
-    return min(times) if len(times) >= MIN_TIMED_STEPS else None
-
-
 def entries(c: Collection) -> dict[str, Entry]:
     """Every entry of a collection by key (see the module docstring)."""
     out: dict[str, Entry] = {}
-    adamw_step = {(task_label(i.data), i.data.config.lr, i.data.config.seed): min_step_time(i.data)
-                  for i in c.runs if optimizer_label(i.data) == "adamw"}
+    adamw_step = adamw_step_times(c.runs)
     for i in c.runs:
         r, s = i.data, i.data.summary
-        t, ref = min_step_time(r), adamw_step.get((task_label(r), r.config.lr, r.config.seed))
+        t = min_step_time(r)
         out[f"run {r.config.run_id}"] = Entry(f"run {r.config.run_id}", "run", {
             "state_bytes": _num(s.get("state_bytes")), "saved_fraction": _num(r.memory.get("second_moment_saved_fraction")),
             "final_loss": _num(s.get("final_val_loss")), "best_loss": _num(s.get("best_val_loss")),
             "diverged": 1.0 if r.status == "diverged" else 0.0,
-            "step_ratio": _num(t / ref) if _num(t) is not None and _num(ref) else None,
-            "step_time_s": _num(t)}, i.path)
+            "step_ratio": _num(run_step_ratio(r, adamw_step)), "step_time_s": _num(t)}, i.path)
+    for (task, opt), items in group_runs(c.runs, lambda r: (task_label(r), optimizer_label(r))).items():
+        if len({i.data.config.lr for i in items}) < 2:
+            continue  # one lr has no band to measure
+        losses: dict[float, list] = {}
+        for i in items:
+            final = None if i.data.status == "diverged" else i.data.summary.get("final_val_loss")
+            losses.setdefault(i.data.config.lr, []).append(final)
+        key = f"lr band {task} {opt}"
+        out[key] = Entry(key, "sweep", {"lr_width": _num(lr_width(lr_means(losses)))}, items[0].path)
     for item in c.benchmarks:
         for b in item.data["benchmarks"]:
             e, st = b.get("extra_info") or {}, b.get("stats") or {}
             key = f"bench {b.get('fullname') or b['name']}"
             kind = e.get("kind") or "benchmark"
             m: dict[str, float | None] = {"step_time_s": _num(st.get("min"))}
-            if kind == "step_time":
+            if kind == xi.KIND_STEP:
                 m.update({"state_bytes": _num(e.get("state_bytes")),
                           "saved_fraction": _num(e.get("second_moment_saved_fraction")),
-                          "step_ratio": _num(e.get("ratio_to_adamw_foreach")),
+                          "step_ratio": xi.step_ratio(b),
                           "peak_bytes": _num(e.get("peak_step_bytes")), "transient_bytes": _num(e.get("transient_bytes"))})
-            elif kind == "training":
+            elif kind == xi.KIND_TRAINING:
                 m = {"state_bytes": _num(e.get("state_bytes")),
                      "saved_fraction": _num(e.get("second_moment_saved_fraction")),
                      "final_loss": _num(e.get("final_val_loss")), "best_loss": _num(e.get("best_val_loss")),
                      "diverged": 1.0 if e.get("diverged") else 0.0}  # the whole run's time is not a step time
-            elif kind == "fused_step":
-                path, ms = e.get("path"), e.get("ms_per_step") or {}
-                own, ref = (ms.get(path) or {}).get("min"), (ms.get("adamw_foreach") or {}).get("min")
-                m.update({"state_bytes": _num((e.get("state_bytes") or {}).get(path)),
-                          "step_ratio": _num(own / ref) if _num(own) is not None and _num(ref) else None})
+            elif kind == xi.KIND_FUSED:
+                m.update({"state_bytes": _num((e.get("state_bytes") or {}).get(e.get("path"))),
+                          "step_ratio": xi.step_ratio(b)})
             out[key] = Entry(key, kind, m, item.path)
     for item in c.profiles:
         d = item.data

@@ -16,7 +16,10 @@ from tabulate import tabulate
 from slimbench.io import write_atomic, write_json_atomic
 from slimbench.report import plots as _plots
 from slimbench.report.load import Collection
-from slimbench.report.tables import Options, Section, Table, build_sections, lr_rows, memory_rows
+from slimbench.report.lr import lr_rows
+from slimbench.report.memory import memory_rows
+from slimbench.report.sections import build_sections
+from slimbench.report.table import Options, Section, Table
 
 
 @dataclass

@@ -19,7 +19,8 @@ from matplotlib.figure import Figure
 from slimbench.bench.results import RunResult
 from slimbench.io import write_atomic
 from slimbench.report.load import Collection
-from slimbench.report.tables import MIB, optimizer_label, task_label
+from slimbench.report.runs import optimizer_label, task_label
+from slimbench.report.table import MIB
 
 DPI = 110
 
