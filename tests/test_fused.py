@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slimbench import SlimAdam
-from slimbench.optim import _fused
+from slimbench.optim import _compiled, _fused
 
 # (groups of (shape, K)); group 2, when present, runs with lr / 3 and weight decay 0.05.
 LAYOUTS = {
@@ -275,7 +275,7 @@ def test_params_without_grads_are_skipped() -> None:
 
 def test_native_kernel_runs_without_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every tensor of "two_groups" has K a contiguous range of dims: the C kernel takes all, nothing compiles."""
-    monkeypatch.setattr(_fused, "_compile_new", lambda: pytest.fail("the native path compiled a graph"))
+    monkeypatch.setattr(_compiled, "_compile_new", lambda: pytest.fail("the native path compiled a graph"))
     hp = {"lr": 0.02, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1}
     assert_close_fp32(run("two_groups", hp, 4, 9, foreach=False), run("two_groups", hp, 4, 9, fused=True))
 

@@ -16,7 +16,8 @@ import torch
 
 from slimbench import SlimAdam
 from slimbench.optim import _fused
-from slimbench.optim._functional import AdamHyper, reduced_shape, slimadam
+from slimbench.optim._dispatch import slimadam
+from slimbench.optim._functional import AdamHyper, reduced_shape
 
 HP = AdamHyper(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)
 PATHS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "native": {"fused": True},

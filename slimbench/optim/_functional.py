@@ -12,85 +12,41 @@ For a parameter with compression dims K (a tuple of tensor dims; () = Adam)::
     p  <- p - lr / (1 - b1^t) * M / (sqrt(V) / sqrt(1 - b2^t) + eps)     V broadcast over K
 
 With K = () the arithmetic is torch.optim.AdamW's, operation for operation, so the results agree to the
-last bit in the for-loop path and to fp rounding in the foreach path.
+last bit in the for-loop path and to fp rounding in the foreach path. mean_K is the one seam of
+:mod:`slimbench.optim._reduce`; ``cross_rank`` (a :class:`~slimbench.optim._reduce.CrossRank`) says which
+tensors' K includes a dim sharded across ranks: their sums are added across ranks in one collective per
+call, before any V is updated. The public dispatcher, ``slimadam``, is in :mod:`slimbench.optim._dispatch`.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from math import prod
 
 import torch
 from torch import Tensor
 
+from slimbench.optim._backends import AdamHyper, Lists
+from slimbench.optim._reduce import _BLOCK_BYTES, CrossRank, mean_sq, mean_sqs, reduced_shape, trailing
 
-@dataclass(frozen=True)
-class AdamHyper:
-    """Hyperparameters of one param group for one step (read from the group every step)."""
-
-    lr: float
-    beta1: float
-    beta2: float
-    eps: float
-    weight_decay: float
-    maximize: bool = False
+__all__ = ["AdamHyper", "FUSED_BACKENDS", "FOREACH", "group_for_foreach", "mean_sq", "reduced_shape", "_BLOCK_BYTES"]
 
 
 # fused=True implementations: "auto" = the native CPU kernel where it applies, else torch.compile
 # (slimbench.optim._fused); "compile" = torch.compile for every tensor.
 FUSED_BACKENDS = ("auto", "compile")
 
-# Row blocks for leading-dim reductions: a gradient of up to 256 KiB is squared whole (one temporary the
-# size of G, for one op instead of 8-16; on a 1M-parameter GPT the blocks' per-op overhead was a tenth of
-# the foreach step), a larger one in blocks of 1/16 of it clamped to [32, 256] KiB.
-_BLOCK_BYTES = 1 << 18
-_MIN_BLOCK_BYTES = 1 << 15
-
-
-def mean_sq(grad: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """mean_K(G*G) with K dims kept as size 1, without a full-size G*G temporary.
-
-    Reducing trailing dims (fan_in, all dims) goes through ``vector_norm`` in one pass: the transient
-    is the reduced shape. ``vector_norm`` over a leading dim (fan_out) takes a strided path that is
-    10-25x slower on CPU (0.58 ms vs 0.06 ms for a 256x1024 gradient, 1 thread), so there G*G is summed
-    in blocks of rows instead, each block's temporary at most max(32 KiB, min(256 KiB, G/16)), or all of
-    G when G is at most 256 KiB; this
-    keeps SlimAdam's step faster than AdamW's and its transient memory far below it. Half-precision
-    gradients accumulate in fp32.
-    """
-    n = prod(grad.shape[d] for d in dims)
-    if _trailing(grad, dims):
-        return torch.linalg.vector_norm(grad, 2, dim=dims, keepdim=True).square_().div_(n)
-    acc_dtype = torch.float32 if grad.dtype in (torch.float16, torch.bfloat16) else grad.dtype
-    row_bytes = max(1, grad[0].numel() * grad.element_size())
-    grad_bytes = grad.numel() * grad.element_size()
-    if grad_bytes <= _BLOCK_BYTES:
-        budget = grad_bytes
-    else:
-        budget = max(row_bytes, _MIN_BLOCK_BYTES, min(_BLOCK_BYTES, grad_bytes // 16))
-    rows = max(1, budget // row_bytes)
-    out = None
-    for i in range(0, grad.shape[0], rows):
-        part = grad[i:i + rows].to(acc_dtype).square().sum(dim=dims, keepdim=True)
-        out = part if out is None else out.add_(part)
-    return out.div_(n).to(grad.dtype)
-
-
-def reduced_shape(shape: torch.Size | tuple[int, ...], dims: tuple[int, ...]) -> tuple[int, ...]:
-    """The shape of V for a parameter of ``shape``: the K dims set to 1."""
-    return tuple(1 if i in dims else s for i, s in enumerate(shape))
-
-
 def _single_tensor_slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
                             exp_avg_sqs: list[Tensor], state_steps: list[Tensor],
-                            dims: list[tuple[int, ...]], hp: AdamHyper) -> None:
-    for param, grad, exp_avg, exp_avg_sq, step_t, k in zip(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims):
+                            dims: list[tuple[int, ...]], hp: AdamHyper, cross_rank: CrossRank | None = None) -> None:
+    terms = _cross_rank_terms(grads, dims, cross_rank)
+    for i, (param, grad, exp_avg, exp_avg_sq, step_t, k) in enumerate(
+            zip(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims)):
         grad = grad if not hp.maximize else -grad
         step_t += 1
         param.mul_(1 - hp.lr * hp.weight_decay)
         exp_avg.lerp_(grad, 1 - hp.beta1)
         if k:
-            exp_avg_sq.mul_(hp.beta2).add_(mean_sq(grad, k), alpha=1 - hp.beta2)
+            exp_avg_sq.mul_(hp.beta2).add_(mean_sq(grad, k) if terms is None else terms[i], alpha=1 - hp.beta2)
         else:
             exp_avg_sq.mul_(hp.beta2).addcmul_(grad, grad, value=1 - hp.beta2)
         step = step_t.item()
@@ -110,17 +66,31 @@ def group_for_foreach(*lists: list, keys: list) -> dict:
     return dict(buckets)
 
 
-def _trailing(grad: Tensor, dims: tuple[int, ...]) -> bool:
-    """Whether mean_K can go through ``vector_norm`` (K trailing, or K not touching dim 0): see mean_sq."""
-    return dims == tuple(range(grad.dim() - len(dims), grad.dim())) or 0 not in dims
+def _cross_rank_terms(grads: list[Tensor], dims: list[tuple[int, ...]],
+                      cross_rank: CrossRank | None) -> list[Tensor | None] | None:
+    """mean_K(G*G) of every compressed tensor, computed up front when some tensor's K crosses ranks (one
+    collective for the call); None otherwise, so unsharded runs compute each term where it is used."""
+    if cross_rank is None or not cross_rank.any():
+        return None
+    idx = [i for i, k in enumerate(dims) if k]
+    means = mean_sqs([grads[i] for i in idx], [tuple(dims[i]) for i in idx],
+                     CrossRank(tuple(cross_rank.counts[i] for i in idx), cross_rank.all_reduce))
+    terms: list[Tensor | None] = [None] * len(grads)
+    for i, m in zip(idx, means):
+        terms[i] = m
+    return terms
 
 
-def _update_second_moments(exp_avg_sqs: list[Tensor], grads: list[Tensor], k: tuple[int, ...], hp: AdamHyper) -> None:
-    """V <- b2 V + (1 - b2) mean_K(G*G) for tensors sharing K, in as few foreach calls as the K allows."""
+def _update_second_moments(exp_avg_sqs: list[Tensor], grads: list[Tensor], k: tuple[int, ...], hp: AdamHyper,
+                           terms: list[Tensor] | None = None) -> None:
+    """V <- b2 V + (1 - b2) mean_K(G*G) for tensors sharing K, in as few foreach calls as the K allows
+    (``terms``: mean_K(G*G) already computed, as when some K crosses ranks)."""
     torch._foreach_mul_(exp_avg_sqs, hp.beta2)
     if not k:
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - hp.beta2)
-    elif all(_trailing(g, k) for g in grads):
+    elif terms is not None:
+        torch._foreach_add_(exp_avg_sqs, terms, alpha=1 - hp.beta2)
+    elif all(trailing(g, k) for g in grads):
         # One norm per tensor, then one call for the bucket: V += ((1 - b2) / n) * norm^2.
         norms = [torch.linalg.vector_norm(g, 2, dim=k, keepdim=True) for g in grads]
         scale = [(1 - hp.beta2) / prod(g.shape[d] for d in k) for g in grads]
@@ -132,13 +102,17 @@ def _update_second_moments(exp_avg_sqs: list[Tensor], grads: list[Tensor], k: tu
 
 def _multi_tensor_slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
                            exp_avg_sqs: list[Tensor], state_steps: list[Tensor],
-                           dims: list[tuple[int, ...]], hp: AdamHyper) -> None:
+                           dims: list[tuple[int, ...]], hp: AdamHyper, cross_rank: CrossRank | None = None) -> None:
     """foreach SlimAdam. Only V's update depends on K, so everything else is one foreach call per
     (device, dtype) group; on CPU each foreach call is a loop over tensors costing ~1 us per tensor, and
     bucketing every op by K as well tripled those calls (a third of the step on a 1M-parameter GPT)."""
     keys = [(p.device, p.dtype) for p in params]
-    buckets = group_for_foreach(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims, keys=keys)
-    for b_params, b_grads, b_exp_avgs, b_exp_avg_sqs, b_steps, b_dims in buckets.values():
+    terms = _cross_rank_terms(grads, dims, cross_rank)
+    buckets = group_for_foreach(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims,
+                                terms if terms is not None else [None] * len(params), keys=keys)
+    for b_params, b_grads, b_exp_avgs, b_exp_avg_sqs, b_steps, b_dims, b_terms in buckets.values():
+        if terms is None:
+            b_terms = None
         if hp.maximize:
             b_grads = torch._foreach_neg(b_grads)
         torch._foreach_add_(b_steps, 1)
@@ -149,10 +123,11 @@ def _multi_tensor_slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: 
         for i, k in enumerate(b_dims):
             by_k[tuple(k)].append(i)
         for k, idx in by_k.items():
+            k_terms = None if b_terms is None or not k else [b_terms[i] for i in idx]
             if len(idx) == len(b_dims):
-                _update_second_moments(b_exp_avg_sqs, b_grads, k, hp)
+                _update_second_moments(b_exp_avg_sqs, b_grads, k, hp, k_terms)
             else:
-                _update_second_moments([b_exp_avg_sqs[i] for i in idx], [b_grads[i] for i in idx], k, hp)
+                _update_second_moments([b_exp_avg_sqs[i] for i in idx], [b_grads[i] for i in idx], k, hp, k_terms)
         # p -= lr/bc1 * M / (sqrt(V)/bc2 + eps), written as p -= (lr bc2/bc1) * M / (sqrt(V) + eps bc2):
         # the same value to fp rounding, one foreach call fewer (each costs ~1 us per tensor on CPU).
         steps = [s.item() for s in b_steps]
@@ -172,19 +147,17 @@ def _multi_tensor_slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: 
         del denom
 
 
-def slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-             state_steps: list[Tensor], dims: list[tuple[int, ...]], *, hp: AdamHyper,
-             foreach: bool = False, fused: bool = False, fused_backend: str = "auto") -> None:
-    """Functional SlimAdam: see :class:`slimbench.SlimAdam` for the algorithm and the ``fused`` paths."""
-    if foreach and fused:
-        raise ValueError("`fused` and `foreach` cannot be `True` together.")
-    if not params:
-        return
-    if fused:
-        # imported here: the fused paths' modules are only needed when used
-        from slimbench.optim._fused import _fused_slimadam
+class _Foreach:
+    """The last fused backend: takes every tensor (what no faster backend took, or could not run)."""
 
-        _fused_slimadam(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims, hp, fused_backend)
-        return
-    impl = _multi_tensor_slimadam if foreach else _single_tensor_slimadam
-    impl(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims, hp)
+    name = "foreach"
+
+    def takes(self, p: Tensor, k: tuple[int, ...]) -> bool:
+        return True
+
+    def step(self, lists: Lists, hp: AdamHyper, scratch: dict) -> list[int]:
+        _multi_tensor_slimadam(*lists, hp)
+        return []
+
+
+FOREACH = _Foreach()

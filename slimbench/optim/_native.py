@@ -38,10 +38,13 @@ from math import prod
 import torch
 from torch import Tensor
 
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+from slimbench.optim._backends import Lists, warn_once
 from slimbench.optim._functional import AdamHyper
 from slimbench.optim._native_build import NativeUnavailable, build, cache_dir, load
 
-__all__ = ["NativeUnavailable", "build", "cache_dir", "library", "step_where_possible"]
+__all__ = ["NATIVE", "NativeUnavailable", "build", "cache_dir", "library", "step_where_possible"]
 
 DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
 
@@ -245,3 +248,29 @@ def step_where_possible(params: list[Tensor], grads: list[Tensor], exp_avgs: lis
             raise RuntimeError(f"SlimAdam(fused=True): the native kernel refused its plan for the {dtype} "
                                f"tensors ({why}) and did not run; this is a slimbench bug, please report it")
     return scratch["rest"]
+
+
+class _Native:
+    """The first fused backend: the C kernel for the CPU tensors it takes (:func:`fits`, :func:`_ready`).
+
+    Its mean_K(G*G) follows :mod:`slimbench.optim._reduce`'s contract (the sum over K in double, per row or
+    column block, divided by n_K) with no cross-rank phase: a K that crosses ranks never reaches it. Under
+    the caller's torch.compile or a TorchDispatchMode it takes nothing, so the maths runs as torch ops that
+    can be traced or seen."""
+
+    name = "native"
+
+    def takes(self, p: Tensor, k: tuple[int, ...]) -> bool:
+        return fits(p, k)
+
+    def step(self, lists: Lists, hp: AdamHyper, scratch: dict) -> list[int]:
+        if torch.compiler.is_compiling() or is_in_torch_dispatch_mode():
+            return list(range(len(lists[0])))
+        try:
+            return step_where_possible(*lists, hp, scratch=scratch)
+        except NativeUnavailable as e:
+            warn_once(f"SlimAdam(fused=True): the native CPU kernel is unavailable ({e}); using torch.compile instead")
+            return list(range(len(lists[0])))
+
+
+NATIVE = _Native()

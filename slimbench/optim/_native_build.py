@@ -59,9 +59,9 @@ def flags() -> tuple[str, ...]:
 
 
 def _warn(msg: str) -> None:
-    from slimbench.optim._fused import _warn_once  # one warning per distinct message, as every fallback
+    from slimbench.optim._backends import warn_once  # one warning per distinct message, as every fallback
 
-    _warn_once(msg)
+    warn_once(msg)
 
 
 @dataclass(frozen=True)

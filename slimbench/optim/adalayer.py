@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from slimbench.layers import LAYER_TYPES, layer_type
+from slimbench.optim._docs import splice
 from slimbench.optim.slimadam import check_adam_hyper, default_foreach
 
 _torch_adam = importlib.import_module("torch.optim.adam").adam  # torch's functional Adam/AdamW
@@ -33,7 +34,7 @@ class AdaLayer(Optimizer):
         full_adam: layer types (see :mod:`slimbench.layers`) that keep a full per-entry V, e.g.
             ``("norm", "head")`` for AdaLayer+LN+TL. "norm" also covers biases and other 1-D tensors.
             Needs named parameters.
-        foreach: multi-tensor path (None: on for CPU/CUDA).
+        {foreach}
     """
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -91,6 +92,9 @@ class AdaLayer(Optimizer):
             if layer[0]:
                 _adalayer_update(*layer, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, foreach=foreach)
         return loss
+
+
+AdaLayer.__doc__ = splice(AdaLayer.__doc__)
 
 
 def _adalayer_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], vs: list[Tensor],

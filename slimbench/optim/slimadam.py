@@ -15,12 +15,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from slimbench.layouts import Block, Layout, model_layouts, name_layouts
-from slimbench.optim._functional import (
-    FUSED_BACKENDS,
-    AdamHyper,
-    reduced_shape,
-    slimadam,
-)
+from slimbench.optim._dispatch import slimadam
+from slimbench.optim._docs import splice
+from slimbench.optim._functional import FUSED_BACKENDS, AdamHyper
+from slimbench.optim._reduce import reduced_shape
 from slimbench.rules import DEFAULT_RULES, Assignment, RulesLike, resolve
 
 
@@ -109,19 +107,12 @@ class SlimAdam(Optimizer):
             parameters (no names) cannot be matched: the default then falls back to no compression,
             with a warning.
         decay_vectors: also decay 1-D tensors (norm gains, biases), as torch.optim.AdamW does (default False).
-        foreach: use the multi-tensor path (tensors grouped by device, dtype and K). None picks
-            foreach on CPU/CUDA.
-        fused: do each group's whole update in as few passes over memory as possible. On CPU, fp32, fp64,
-            bf16 and fp16 tensors go through a hand-written C/OpenMP kernel (:mod:`slimbench.optim._native`,
-            built with the system C compiler on first use, well under a second; no transient memory);
-            everything else (GPU, unusual K) is compiled per (device, dtype) bucket with
-            ``torch.compile`` (:mod:`slimbench.optim._fused`; a one-off compile of seconds to tens of
-            seconds; lr schedules never recompile). Each falls back, with one warning, to the next
-            (native -> compile -> foreach), never a crash. Cannot be combined with ``foreach=True``.
-            Default None (off).
-        fused_backend: ``"auto"`` (native kernel where it applies, else torch.compile) or
-            ``"compile"`` (torch.compile only, e.g. to compare the two). Default ``"auto"``.
-        maximize: maximize the objective instead of minimizing (default False).
+        {foreach}
+        {fused}
+        {fused_backend}
+        {maximize}
+
+    {sharded}
 
     Non-finite gradients are not skipped, exactly as in torch.optim.AdamW. Note the wider blast radius:
     one NaN in G makes mean_K(G^2) NaN for its whole row/column/tensor of V, so it poisons every
@@ -344,3 +335,6 @@ class SlimAdam(Optimizer):
                 slimadam(params, grads, exp_avgs, exp_avg_sqs, steps, dims, hp=hp, foreach=foreach, fused=fused,
                          fused_backend=group.get("fused_backend", "auto"))
         return loss
+
+
+SlimAdam.__doc__ = splice(SlimAdam.__doc__)
