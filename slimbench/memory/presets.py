@@ -19,6 +19,16 @@ Names follow the checkpoints' conventions, which :func:`slimbench.layers.layer_t
   post_attention_layernorm / mlp.{gate,up,down}_proj / model.norm`` and ``lm_head`` (tied in 3.2-1B,
   untied in 3-8B), grouped-query attention (k/v have ``n_kv_heads * head_dim`` rows).
 
+One zoo with :mod:`slimbench.tasks.models`: the pieces whose maths is the same in both (RMSNorm, rotary
+positions) are the tasks' own. The blocks and models stay separate because building these presets from the
+tasks' GPT / Llama would change their names, shapes or counts: the tasks' models name parameters
+slimbench's way at the top level (``tok_emb``, ``blocks.{i}.attn.q``, ``mlp.up``, ``head``), a contract of
+their own (SNR files, rules and committed run results key off those names), while a preset must carry a
+checkpoint's nesting and names (``transformer.h.{i}.attn.q_proj``, ``model.layers.{i}.self_attn.q_proj``);
+the tasks' blocks are bias-free (GPT-2's 124.5M counts a bias in every Linear and LayerNorm), have no
+fused ``c_attn``, no grouped-query attention (k/v of ``n_kv_head * head_dim`` rows) and an always-untied
+Llama head; and they return logits where a preset's ``forward(idx, targets)`` returns the loss.
+
 Sizes (parameters, counted once; checked by the tests): gpt2-small 124.5M (vocab 50304, the nanoGPT
 padding of 50257 to a multiple of 64), gpt2-small-paper 124.4M (124,373,760), gpt2-medium 354.9M, llama-3.2-1b 1.236B, llama-3-8b 8.030B.
 """
@@ -30,6 +40,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# Shared with the tasks' models (one zoo): RMSNorm and rotary positions are the same maths in both.
+from slimbench.tasks.models import RMSNorm, apply_rope, rope_tables
 
 
 @dataclass(frozen=True)
@@ -145,24 +158,7 @@ class GPT2(nn.Module):
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
-class _RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-def _rope(x: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary position embedding on (B, nh, T, hs), tables built on the fly (they are not state)."""
-    T, hs = x.shape[-2], x.shape[-1]
-    freqs = 1.0 / theta ** (torch.arange(0, hs, 2, device=x.device, dtype=torch.float32) / hs)
-    ang = torch.outer(torch.arange(T, device=x.device, dtype=torch.float32), freqs)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    x1, x2 = x[..., ::2], x[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+_RMS_EPS = 1e-5  # Llama 3's rms_norm_eps (the tasks' small Llama uses RMSNorm's 1e-6)
 
 
 class _LlamaAttention(nn.Module):
@@ -180,7 +176,8 @@ class _LlamaAttention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_head, -1).transpose(1, 2)  # (B, nh, T, hs)
         k = self.k_proj(x).view(B, T, self.n_kv_head, -1).transpose(1, 2)  # (B, nkv, T, hs)
         v = self.v_proj(x).view(B, T, self.n_kv_head, -1).transpose(1, 2)
-        q, k = _rope(q, self.theta), _rope(k, self.theta)
+        cos, sin = (t.to(x) for t in rope_tables(T, q.shape[-1], self.theta))  # not parameters: built per call
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         rep = self.n_head // self.n_kv_head
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -201,9 +198,9 @@ class _LlamaMLP(nn.Module):
 class _LlamaLayer(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
-        self.input_layernorm = _RMSNorm(cfg.n_embd)
+        self.input_layernorm = RMSNorm(cfg.n_embd, eps=_RMS_EPS)
         self.self_attn = _LlamaAttention(cfg)
-        self.post_attention_layernorm = _RMSNorm(cfg.n_embd)
+        self.post_attention_layernorm = RMSNorm(cfg.n_embd, eps=_RMS_EPS)
         self.mlp = _LlamaMLP(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,7 +213,7 @@ class _LlamaBody(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.layers = nn.ModuleList(_LlamaLayer(cfg) for _ in range(cfg.n_layer))
-        self.norm = _RMSNorm(cfg.n_embd)
+        self.norm = RMSNorm(cfg.n_embd, eps=_RMS_EPS)
 
 
 class Llama(nn.Module):

@@ -86,7 +86,7 @@ class Attention(nn.Module):
         q, k, v = (proj(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
                    for proj in (self.q, self.k, self.v))
         if rope is not None:
-            q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, nh, T, hs)
         return self.o(y.transpose(1, 2).reshape(B, T, C))
 
@@ -178,13 +178,15 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
-def _rope_tables(block_size: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(block_size: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, (block_size, head_dim / 2) each, fp32 on the default device (the
+    audit presets' Llama uses them too)."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)  # (T, hs/2)
     return angles.cos(), angles.sin()
 
 
-def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive pairs of x (B, nh, T, hs) by position-dependent angles (Su et al. 2021)."""
     T = x.shape[-2]
     x1, x2 = x[..., 0::2], x[..., 1::2]
@@ -229,7 +231,7 @@ class Llama(nn.Module):
         self.blocks = nn.ModuleList(LlamaBlock(config) for _ in range(config.n_layer))
         self.norm_f = RMSNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        cos, sin = _rope_tables(config.block_size, config.d_model // config.n_head, config.rope_base)
+        cos, sin = rope_tables(config.block_size, config.d_model // config.n_head, config.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         if config.init == "mitchell":
