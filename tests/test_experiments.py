@@ -6,12 +6,14 @@ marked slow (``pytest -m slow tests/test_experiments.py``).
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 
 from slimbench.cli import main
 from slimbench.experiments import EXPERIMENTS, SweepStep, get_experiment, run_experiment
 from slimbench.report import load
+from slimbench.snr.record import load_snr
 from slimbench.report.tables import lr_rows, lr_summary_rows
 
 FAST = ("snr-by-layer", "transfer")
@@ -125,3 +127,36 @@ def test_cli_quick_writes_tables(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "SNR per layer type" in out and "agreement" in out
     assert (tmp_path / "summary.json").exists() and (tmp_path / "snr" / "gpt.json").exists()
+
+
+def _plan(name, out, capsys):
+    assert main(["experiment", name, "--quick", "--plan", "--out", str(out)]) == 0
+    argvs = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(a[:3] == ["python", "-m", "slimbench"] for a in argvs if not a[0].startswith("(")), argvs
+    return argvs
+
+
+def test_printed_plan_after_the_experiment_creates_no_new_runs(quick, capsys):
+    """Issue 15: the printed sweep commands lacked the experiment's warmup_steps, so they named other run ids
+    (``..._d1961de2`` for the experiment's ``..._134953ca``) and trained everything again."""
+    result = quick("transfer")
+    before = {p: p.stat().st_mtime_ns for p in (result.out / "runs").rglob("*.json")}
+    runs = [a for a in _plan("transfer", result.out, capsys) if a[3] == "run"]
+    assert len(runs) == 4 and len(before) == 4
+    for argv in runs:
+        assert main(argv[3:]) == 0
+        assert "1 runs -> " in (err := capsys.readouterr().err) and "1 already done, 0 to run" in err, err
+    assert {p: p.stat().st_mtime_ns for p in (result.out / "runs").rglob("*.json")} == before
+
+
+def test_printed_snr_command_reproduces_the_record(quick, capsys, tmp_path):
+    """The printed snr command trains the same task (warmup included) on the same schedule (step 1 kept)."""
+    result = quick("transfer")
+    (argv,) = [a for a in _plan("transfer", result.out, capsys) if a[3] == "snr" and a[-1].endswith("proxy.json")]
+    mine = load_snr(argv[-1])
+    argv[-1] = str(tmp_path / "again.json")
+    assert main([*argv[3:], "--no-progress"]) == 0
+    again = load_snr(tmp_path / "again.json")
+    assert again.steps == mine.steps and again.steps[0] == 1
+    assert again.run["task"] == mine.run["task"] and again.schedule == mine.schedule
+    assert again.snr == mine.snr  # one thread in both (conftest pins it; the experiment's default)

@@ -47,6 +47,9 @@ from slimbench.registry import get_spec as optimizer_spec
 from slimbench.tasks import build_task, get_spec
 
 EXECUTORS = ("local", "submitit")
+# torch threads of `run` and `experiment` unless told: results depend on the count, and one thread was ~5x
+# faster than two on a shared 2-core CPU (200 gpt steps: 6.3 s vs 33.7 s); every committed result used 1.
+DEFAULT_THREADS = 1
 # on_event(kind, config, payload): kind "start" (payload None), "step" (payload (step, loss)),
 # "end" (payload RunOutcome).
 EventCallback = Callable[[str, RunConfig, Any], None]
@@ -297,26 +300,42 @@ def commands(runs: Sequence[RunConfig], out: str | Path, *, threads: int, python
     depend on it; ``python`` defaults to the running interpreter. A newline in any argument would split a
     command across lines, so it is refused (ValueError).
     """
-    python = python or sys.executable
-    if not isinstance(threads, int) or threads < 1:
+    _check_threads(threads)  # even for no runs: a bad value is a bad call
+    return [_command(cfg.task, cfg.preset, (cfg.optimizer,), (cfg.lr,), (cfg.seed,), cfg.rules, cfg.overrides,
+                     cfg.divergence_factor, out, threads, python) for cfg in runs]
+
+
+def sweep_command(sweep: SweepConfig, out: str | Path, *, threads: int, python: str | None = None) -> str:
+    """The one ``python -m slimbench run`` command that runs all of ``sweep`` into ``out``: the same
+    arguments as :func:`commands` (so both name the same result files), for a whole grid."""
+    return _command(sweep.task, sweep.preset, sweep.optimizers, sweep.lrs, sweep.seeds, sweep.rules,
+                    sweep.overrides, sweep.divergence_factor, out, threads, python)
+
+
+def _command(task: str, preset: str, optimizers: Sequence[str], lrs: Sequence[float], seeds: Sequence[int],
+             rules: str | None, overrides: Mapping[str, Any], divergence_factor: float, out: str | Path,
+             threads: int, python: str | None) -> str:
+    """The shell-quoted ``run`` command line that rebuilds exactly these run configs (hence run ids)."""
+    _check_threads(threads)
+    args = [python or sys.executable, "-m", "slimbench", "run", "--task", task, "--preset", preset,
+            "--optimizers", ",".join(optimizers), "--lrs", ",".join(repr(float(lr)) for lr in lrs),
+            "--seeds", ",".join(map(str, seeds)), "--out", str(out), "--threads", str(threads), "--no-progress"]
+    if rules is not None:
+        args += ["--rules", str(rules)]
+    if divergence_factor != DEFAULT_DIVERGENCE_FACTOR:
+        args += ["--divergence-factor", repr(divergence_factor)]
+    for key, value in sorted(overrides.items()):
+        args += ["--set", f"{key}={_json(value)}"]
+    bad = next((a for a in args if "\n" in a or "\r" in a or "\0" in a), None)
+    if bad is not None:
+        raise ValueError(f"{bad!r} holds a line break or NUL; one-command-per-line output cannot carry it "
+                         "(use another --out / rules path)")
+    return shlex.join(args)
+
+
+def _check_threads(threads: Any) -> None:
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be an int >= 1, got {threads!r}")
-    lines = []
-    for cfg in runs:
-        args = [python, "-m", "slimbench", "run", "--task", cfg.task, "--preset", cfg.preset,
-                "--optimizers", cfg.optimizer, "--lrs", repr(cfg.lr), "--seeds", str(cfg.seed), "--out", str(out),
-                "--threads", str(threads), "--no-progress"]
-        if cfg.rules is not None:
-            args += ["--rules", str(cfg.rules)]
-        if cfg.divergence_factor != DEFAULT_DIVERGENCE_FACTOR:
-            args += ["--divergence-factor", repr(cfg.divergence_factor)]
-        for key, value in sorted(cfg.overrides.items()):
-            args += ["--set", f"{key}={_json(value)}"]
-        bad = next((a for a in args if "\n" in a or "\r" in a or "\0" in a), None)
-        if bad is not None:
-            raise ValueError(f"{bad!r} holds a line break or NUL; one-command-per-line output cannot carry it "
-                             "(use another --out / rules path)")
-        lines.append(shlex.join(args))
-    return lines
 
 
 def _json(value: Any) -> str:

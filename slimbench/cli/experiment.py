@@ -17,7 +17,8 @@ import time
 
 from tabulate import tabulate
 
-from slimbench.experiments import EXPERIMENTS, default_out, get_experiment, run_experiment
+from slimbench.bench.sweep import DEFAULT_THREADS
+from slimbench.experiments import EXPERIMENTS, get_experiment, plan, run_experiment
 
 
 def add_parser(subparsers) -> None:
@@ -28,9 +29,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes and steps (CI)")
     p.add_argument("--out", help="output folder (default results/experiments/NAME, or NAME-quick)")
     p.add_argument("--analyze-only", action="store_true", help="compute nothing; tables from existing files")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads while computing (default 1: fastest on shared CPUs, deterministic)")
-    p.add_argument("--plan", action="store_true", help="print the steps (as equivalent commands) and exit")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help="torch threads while computing (default %(default)s, as `run`: fastest on shared CPUs, "
+                        "deterministic)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the steps as the commands that make the same files (sweeps resume) and exit")
     p.set_defaults(func=run)
 
 
@@ -45,11 +48,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.plan:
-        from pathlib import Path
-
-        out = Path(args.out) if args.out else default_out(exp.name, args.quick)
-        for step in exp.plan(args.quick):
-            print(step.command(out))
+        for line in plan(exp.name, quick=args.quick, out=args.out, threads=args.threads):
+            print(line)
         return 0
 
     started: dict[str, float] = {}
