@@ -286,3 +286,30 @@ def test_layer_type_rules_transfer_by_role_between_layouts(tmp_path):
     assert m["model.layers.0.mlp.down_proj.weight"].v_shape == (1, 64)  # (out, in): fan_out is dim 0
     assert [b.v_shape for b in g["transformer.h.0.attn.c_attn.weight"].blocks][0] == (1, 32)  # Q block, fan_in
     assert m["model.layers.0.self_attn.q_proj.weight"].v_shape == (32, 1)
+
+
+@pytest.mark.parametrize("model_type, overrides, weight, sizes", [
+    ("phi3", dict(num_hidden_layers=1, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+     "model.layers.0.self_attn.qkv_proj.weight",
+     [("query", 32), ("key", 16), ("value", 16)]),
+    ("falcon", dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, vocab_size=64,
+                    new_decoder_architecture=True, num_kv_heads=2), "transformer.h.0.self_attention.query_key_value.weight",
+     [("query", 2 * 2 * 8), ("key", 2 * 8), ("value", 2 * 8)]),
+    ("falcon", dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, vocab_size=64, multi_query=True,
+                    new_decoder_architecture=False), "transformer.h.0.self_attention.query_key_value.weight",
+     [("query", 32), ("key", 8), ("value", 8)]),
+])
+def test_grouped_query_fused_weights_split_by_the_models_layout(model_type, overrides, weight, sizes):
+    """Phi-3's qkv_proj and Falcon's query_key_value: block sizes come from the config (grouped-query)."""
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(model_type, **overrides))
+    opt = SlimAdam(model, lr=1e-3)
+    blocks = opt.assignments[weight].blocks
+    assert [(b.block.role, b.block.numel // b.block.shape[-1]) for b in blocks] == sizes
+    assert [b.label for b in blocks] == ["fan_in", "fan_in", "fan_out"]
+    x = torch.randint(0, 64, (2, 8))
+    model(x, labels=x).loss.backward()
+    opt.step()
+    p = dict(model.named_parameters())[weight]
+    assert opt.state[p]["exp_avg_sq"].shape == (sum(n for _, n in sizes[:2]) + 32,)
