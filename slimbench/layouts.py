@@ -216,7 +216,16 @@ def module_layout(module: nn.Module, leaf: str, shape: Sequence[int]) -> Layout 
 
 
 def _find_config(model: nn.Module) -> Any:
-    return getattr(model, "config", None)
+    """The transformers config of ``model``, looking through DDP's ``module`` and torch.compile's ``_orig_mod``."""
+    for _ in range(4):
+        config = getattr(model, "config", None)
+        if config is not None:
+            return config
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return None
+        model = inner
+    return None
 
 
 def model_layouts(model: nn.Module) -> dict[str, Layout]:

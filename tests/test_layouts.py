@@ -313,3 +313,15 @@ def test_grouped_query_fused_weights_split_by_the_models_layout(model_type, over
     opt.step()
     p = dict(model.named_parameters())[weight]
     assert opt.state[p]["exp_avg_sq"].shape == (sum(n for _, n in sizes[:2]) + 32,)
+
+
+def test_wrapped_model_keeps_layouts_config_and_rules():
+    """torch.compile's OptimizedModule: names gain `_orig_mod.`, layouts and the config are still found."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.AutoConfig.for_model("gpt_neox", num_hidden_layers=1, hidden_size=32, num_attention_heads=4,
+                                            intermediate_size=64, vocab_size=64)
+    model = torch.compile(transformers.AutoModelForCausalLM.from_config(cfg))
+    a = SlimAdam(model, lr=1e-3).assignments
+    qkv = a["_orig_mod.gpt_neox.layers.0.attention.query_key_value.weight"]
+    assert [b.block.role for b in qkv.blocks] == ["query", "key", "value"]
+    assert a["_orig_mod.gpt_neox.layers.0.mlp.dense_4h_to_h.weight"].label == "fan_out"
