@@ -15,7 +15,8 @@ Three forms, told apart by their prefix:
 Overrides are checked before anything is built: an unknown key, or a value whose type differs from the
 setting's current one (ints are accepted for floats; a setting that is None takes anything), is a
 one-line ValueError naming it. ``--set`` values are JSON where they parse (``true``, ``3``, ``0.1``,
-``null``, ``[1, 2]``), else strings: :func:`parse_sets`, the one grammar of every ``--set``.
+``null``, ``[1, 2]``), else strings: :func:`parse_sets`, the one grammar of every ``--set`` (it and the
+check live in :mod:`slimbench.overrides`, which tasks share; re-exported here).
 
 Building goes through :meth:`ModelSpec.build`: on ``"meta"`` (the audit) nothing is allocated; elsewhere
 the weights are initialised under ``torch.manual_seed(seed)`` in a forked RNG, so a spec and a seed fix
@@ -24,13 +25,12 @@ the model.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import importlib.util
 import inspect
 import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimbench.memory import presets as _presets
+from slimbench.overrides import check_overrides, did_you_mean, parse_sets, parse_value  # noqa: F401 - re-exported
 
 INSTALL_HINT = "pip install 'slimbench[models]'"
 # head name -> transformers Auto class; the mapping names that say a model_type has that head
@@ -50,59 +51,6 @@ HF_HEADS: dict[str, tuple[str, str | None]] = {
     "image-classification": ("AutoModelForImageClassification", "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"),
     "base": ("AutoModel", "MODEL_MAPPING_NAMES"),
 }
-
-
-def parse_value(raw: str) -> Any:
-    """One ``--set`` value: JSON where it parses (true, 3, 0.1, null, [1, 2], "x"), else the string itself."""
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
-def parse_sets(items: Sequence[str] | None, flag: str = "--set") -> dict[str, Any]:
-    """``["n_layer=2", "activation_function=relu"]`` -> ``{"n_layer": 2, "activation_function": "relu"}``."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = parse_value(raw.strip())
-    return out
-
-
-def _close(key: str, known: Sequence[str]) -> str:
-    near = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
-    return f"; did you mean {', '.join(near)}?" if near else ""
-
-
-def check_overrides(owner: str, overrides: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
-    """Overrides checked against the settings ``current`` (name -> present value); ints become floats.
-
-    Raises a one-line ValueError for an unknown key (with the closest names) or a value of another type.
-    """
-    out: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if key not in current:
-            raise ValueError(f"{owner} has no setting {key!r}{_close(key, sorted(current))}")
-        now = current[key]
-        ok = (now is None or value is None  # null: an explicit "unset", which configs commonly allow
-              or (isinstance(now, bool) and isinstance(value, bool))
-              or (isinstance(now, int) and not isinstance(now, bool) and isinstance(value, int)
-                  and not isinstance(value, bool))
-              or (isinstance(now, float) and isinstance(value, (int, float)) and not isinstance(value, bool))
-              or (isinstance(now, str) and isinstance(value, str))
-              or (isinstance(now, (list, tuple)) and isinstance(value, list))
-              or (isinstance(now, dict) and isinstance(value, dict)))
-        if not ok:
-            raise ValueError(f"{owner}: {key} must be {type(now).__name__} like its current value {now!r}, "
-                             f"got {value!r} ({type(value).__name__})")
-        if isinstance(now, float) and isinstance(value, int):
-            value = float(value)
-        elif isinstance(now, tuple) and isinstance(value, list):
-            value = tuple(value)
-        out[key] = value
-    return out
 
 
 @dataclass(frozen=True)
@@ -218,7 +166,7 @@ def _hf(text: str, overrides: Mapping[str, Any]) -> ModelSpec:
     known = transformers.models.auto.configuration_auto.CONFIG_MAPPING_NAMES
     if model_type not in known:
         raise ValueError(f"unknown Hugging Face model_type {model_type!r} (transformers {transformers.__version__})"
-                         f"{_close(model_type, sorted(known))}")
+                         f"{did_you_mean(model_type, sorted(known))}")
     default = transformers.AutoConfig.for_model(model_type)
     current = {**default.to_dict(), **{k: getattr(default, k) for k in getattr(default, "attribute_map", {})}}
     current.pop("transformers_version", None)

@@ -63,7 +63,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--details", action="store_true",
                    help="also per-parameter SlimAdam intent vs reality and bytes per state key")
-    p.add_argument("--output", metavar="PATH", help="also write the JSON result to PATH")
+    p.add_argument("--out", "--output", dest="out", metavar="PATH",
+                   help="also write the JSON result to PATH (--output: the old spelling)")
     p.set_defaults(func=run)
 
 
@@ -145,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
         res = dataclasses.replace(audit(spec.build("meta"), names, rules=args.rules, dtype=_DTYPES[args.dtype]),
                                   model=spec.name, model_info=spec.info)
     obj = res.to_dict(details=args.details)
-    if args.output:
-        write_json_atomic(args.output, obj)
+    if args.out:
+        write_json_atomic(args.out, obj)
     if args.format == "json":
         print(json.dumps(obj, indent=1))
     else:

@@ -44,7 +44,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--snapshot-dir", metavar="DIR", help="CUDA: write a memory snapshot per optimizer here")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.add_argument("--output", metavar="PATH", help="also write the JSON result to PATH")
+    p.add_argument("--out", "--output", dest="out", metavar="PATH",
+                   help="also write the JSON result to PATH (--output: the old spelling)")
     p.set_defaults(func=run)
 
 
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                   batch_size=args.batch_size, seq_len=args.seq_len, warmup=args.warmup, seed=args.seed,
                   snapshot_dir=args.snapshot_dir)
     obj = res.to_dict()
-    if args.output:
-        write_json_atomic(args.output, obj)
+    if args.out:
+        write_json_atomic(args.out, obj)
     print(json.dumps(obj, indent=1) if args.format == "json" else render_table(res))
     return 0 if all(r.within_budget is not False for r in res.rows) else 1

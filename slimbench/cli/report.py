@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", default=["results"], metavar="PATH",
                    help="result files or folders (searched recursively; default: results)")
-    p.add_argument("--out", default="results/report", help="output folder (default: %(default)s)")
+    p.add_argument("--out", default="report", help="output folder (default: %(default)s; results/ stays as committed)")
     p.add_argument("--loss", choices=("final_val_loss", "final_train_loss"), default="final_val_loss",
                    help="the loss of a run compared across lrs (default: %(default)s)")
     p.add_argument("--within", type=float, default=5.0, metavar="PCT",

@@ -10,14 +10,13 @@ Examples:
 
 Rerunning the same command skips runs whose result file exists; Ctrl-C keeps every finished run.
 Printed commands are one per line, every argument shell-quoted (any --out path is safe), and carry the
-running interpreter and --threads (default: this process's torch thread count), since results depend on it.
+running interpreter and --threads (default 1, as `experiment`), since results depend on it.
 Exit codes: 0 every run finished or diverged, 1 some run failed (one line each; --fail-fast for the
 traceback), 2 bad input or a result that could not be written.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
@@ -25,6 +24,7 @@ from tabulate import tabulate
 
 from slimbench.bench import sweep as _sweep
 from slimbench.io import write_atomic
+from slimbench.modelspec import parse_value
 from slimbench.tasks import TASKS, get_spec
 
 
@@ -41,13 +41,11 @@ def _csv(kind):
 
 
 def _key_value(text: str) -> tuple[str, object]:
+    """One KEY=VALUE, its value read by the one ``--set`` grammar (slimbench.modelspec.parse_value)."""
     key, sep, raw = text.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key.strip(), json.loads(raw)
-    except json.JSONDecodeError:
-        return key.strip(), raw
+    return key.strip(), parse_value(raw.strip())
 
 
 def add_parser(subparsers) -> None:
@@ -67,7 +65,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--divergence-factor", type=float, default=_sweep.DEFAULT_DIVERGENCE_FACTOR,
                    help="end a run when its loss exceeds this x its first loss (default: %(default)s)")
     p.add_argument("--out", help="result folder, one JSON per run (default: results/runs/TASK-PRESET)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's); results depend on it")
+    p.add_argument("--threads", type=int, default=_sweep.DEFAULT_THREADS,
+                   help="torch threads (default %(default)s, as `experiment`); results depend on it")
     p.add_argument("--executor", choices=_sweep.EXECUTORS, default="local",
                    help="local loop (default) or submitit jobs (needs `pip install submitit`)")
     p.add_argument("--executor-opt", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
@@ -101,10 +100,9 @@ def run(args: argparse.Namespace) -> int:
         return _list_tasks()
     if not args.task:
         raise ValueError("--task is required (see --list-tasks)")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     overrides = dict(args.set)

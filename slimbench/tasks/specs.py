@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimbench.io import atomic_write
+from slimbench.overrides import check_overrides
 from slimbench.tasks import data as _data
 from slimbench.tasks import models as _models
 
@@ -218,13 +219,18 @@ class TaskDef:
     name: str
     version: int
     description: str
-    model_keys: frozenset[str]  # keys allowed in spec.model
+    model_keys: Mapping[str, Any]  # settings allowed in spec.model -> default (an override must match its type)
     presets: Mapping[str, TaskSpec]
     build: Callable[[TaskSpec, int], Task]
 
 
-def _config_keys(cls, derived: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(f.name for f in dataclasses.fields(cls)) - set(derived)
+def _config_keys(cls, derived: tuple[str, ...]) -> dict[str, Any]:
+    """The settable fields of model config ``cls`` and their defaults (None where it has none)."""
+    def default(f: dataclasses.Field) -> Any:
+        if f.default is not dataclasses.MISSING:
+            return f.default
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+    return {f.name: default(f) for f in dataclasses.fields(cls) if f.name not in derived}
 
 
 _LM = dict(betas=(0.9, 0.95), weight_decay=0.1)  # AdamW defaults of the paper / nanoGPT for language models
@@ -376,7 +382,8 @@ TASKS: dict[str, TaskDef] = {t.name: t for t in [
                                **{**_CHAR_LM, "dataset": "shakespeare>milton"}),
             }, _build_finetune),
     TaskDef("digits", 1, "MLP (or arch='cnn': small ResNet) on scikit-learn's 8x8 digits; the fastest task",
-            _config_keys(_models.MLPConfig, ("in_features", "n_classes")) | {"arch", "channels", "blocks"}, {
+            {**_config_keys(_models.MLPConfig, ("in_features", "n_classes")), "arch": "mlp",
+             **{k: v for k, v in _config_keys(_models.ResNetConfig, ()).items() if k in ("channels", "blocks")}}, {
                 "tiny": _spec("digits", 1, "tiny", dataset="digits", steps=150, batch_size=64, warmup_steps=10,
                               lr=1e-2, betas=(0.9, 0.999), weight_decay=0.0, eval_every=50, eval_batches=5,
                               model={"arch": "mlp"}),
@@ -411,12 +418,12 @@ def get_spec(name: str, preset: str = "tiny", **overrides) -> TaskSpec:
         if key in spec_fields:
             spec_kw[key] = _checked(name, key, value)
         elif key in tdef.model_keys:
-            model_kw[key] = value
+            model_kw[key] = _checked_model(tdef, base, key, value)
         else:
             raise ValueError(f"task {name!r} has no setting {key!r}; task settings: {', '.join(sorted(spec_fields))}; "
                              f"model settings: {', '.join(sorted(tdef.model_keys))}")
     if "model" in spec_kw:
-        model_kw.update(spec_kw.pop("model"))
+        model_kw.update((k, _checked_model(tdef, base, k, v)) for k, v in spec_kw.pop("model").items())
     steps = spec_kw.get("steps", base.steps)
     if steps < base.steps and "warmup_steps" not in spec_kw and base.warmup_steps:
         # A shorter run keeps the recipe's shape: the preset's warmup fraction (at least one step).
@@ -425,6 +432,16 @@ def get_spec(name: str, preset: str = "tiny", **overrides) -> TaskSpec:
 
 
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TaskSpec)}
+
+
+def _checked_model(tdef: TaskDef, base: TaskSpec, key: str, value: Any) -> Any:
+    """A model override with the type of the setting's current value (the preset's, else the config's
+    default): ``tie_head=False`` read as the string 'False' would otherwise leave the head tied."""
+    if key not in tdef.model_keys:
+        raise ValueError(f"task {tdef.name!r} has no model setting {key!r}; model settings: "
+                         f"{', '.join(sorted(tdef.model_keys))}")
+    current = {key: base.model.get(key, tdef.model_keys[key])}
+    return check_overrides(f"task {tdef.name!r}", {key: value}, current)[key]
 
 
 def _checked(task: str, key: str, value: Any) -> Any:
