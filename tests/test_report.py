@@ -195,7 +195,7 @@ def test_every_section_present_and_every_row_has_a_source(tmp_path):
         loss_at_step={"0": 2.3, "9": 0.5}, final_val_loss=0.6, diverged=False)])
     c = load([tmp_path])
     secs = {s.key: s for s in build_sections(c)}
-    assert set(secs) == {"memory", "lr", "steps", "training", "snr", "step_time", "environment"}
+    assert set(secs) == {"memory", "lr", "claims", "steps", "training", "snr", "step_time", "environment"}
     assert secs["snr"].text  # says what would fill it
     for s in secs.values():
         for t in s.tables:

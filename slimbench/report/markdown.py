@@ -14,9 +14,9 @@ from pathlib import Path
 from tabulate import tabulate
 
 from slimbench.io import write_atomic, write_json_atomic
+from slimbench.report import figures, html
 from slimbench.report import plots as _plots
 from slimbench.report.load import Collection
-from slimbench.report.lr import lr_rows
 from slimbench.report.memory import memory_rows
 from slimbench.report.sections import build_sections
 from slimbench.report.table import Options, Section, Table
@@ -92,11 +92,33 @@ def render(sections: Sequence[Section], index: SourceIndex, images: dict[str, li
     return "\n".join(lines) + "\n"
 
 
+def draw_figures(c: Collection, sections: Sequence[Section], out_dir: Path, opts: Options) -> dict[str, list]:
+    """Every section's figures, {section key: [Drawn]}, from the rows its tables show; one palette."""
+    rows = {s.key: {t.title: t.rows for t in s.tables} for s in sections}
+    names = figures.names_of(c)
+    palette = figures.Palette(names.values())
+    claims = next(iter(rows.get("claims", {}).values()), [])
+    lr = rows.get("lr", {}).get("Final loss per learning rate", [])
+    step = rows.get("step_time", {})
+    mem = memory_rows(c)
+    out: dict[str, list] = {
+        "memory": [figures.Drawn(t, p) for t, p in _plots.memory_bars(mem, out_dir)],
+        "lr": figures.loss_vs_lr(lr, claims, out_dir, palette, names),
+        "claims": figures.memory_quality(claims, mem, out_dir, palette, names),
+        "steps": figures.loss_vs_step(c, out_dir, palette, names),
+        "snr": figures.snr_figures(next(iter(rows.get("snr", {}).values()), []), c, out_dir),
+        "step_time": figures.step_time(step.get("Training step in sweeps", []),
+                                       step.get("Fused / foreach kernels (pytest suites)", []), out_dir, palette, names),
+    }
+    return {k: v for k, v in out.items() if v}
+
+
 def write_report(c: Collection, out: str | Path, opts: Options | None = None, *, plots: bool = True,
                  command: str | None = None) -> WrittenReport:
     """Build every section from ``c``, draw the plots into ``out`` and write ``out/report.md``.
 
-    Also writes ``out/report.json``: the sections' rows as data (for scripts), with the same sources.
+    Also writes ``out/report.json``: the sections' rows as data (for scripts), with the same sources, and
+    ``out/report.html``: the same report as one self-contained file (figures embedded).
     """
     opts = opts or Options()
     out_dir = Path(out)
@@ -105,9 +127,7 @@ def write_report(c: Collection, out: str | Path, opts: Options | None = None, *,
     index = SourceIndex(c.paths)
     images: dict[str, list[tuple[str, str]]] = {}
     if plots:
-        images["memory"] = _plots.memory_bars(memory_rows(c), out_dir)
-        images["lr"] = _plots.lr_curves(lr_rows(c, opts), out_dir)
-        images["steps"] = _plots.loss_curves(c, out_dir)
+        images = {k: [(d.title, d.path) for d in v] for k, v in draw_figures(c, sections, out_dir, opts).items()}
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     counts = ", ".join(f"{v} {k}" for k, v in c.counts().items() if v)
     header = f"Generated {when} from {len(c)} files ({counts or 'none'})" + \
@@ -121,5 +141,6 @@ def write_report(c: Collection, out: str | Path, opts: Options | None = None, *,
                           "tables": [{"title": t.title, "note": t.note, "rows": t.rows} for t in s.tables]}
                          for s in sections]}
     index_path = write_json_atomic(out_dir / "report.json", data)
+    write_atomic(out_dir / "report.html", html.render(sections, index, images, header, c.skipped))
     return WrittenReport(str(path), [p for imgs in images.values() for _, p in imgs], sections, index.paths,
                          str(index_path))

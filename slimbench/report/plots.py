@@ -34,7 +34,8 @@ def _save(fig: Figure, out: Path, name: str) -> str:
     leaves a written-through target or a 0-byte PNG."""
     path = out / f"{_slug(name)}.png"
     FigureCanvasAgg(fig)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # figures built with layout="constrained" lay themselves out
+        fig.tight_layout()
     write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
     return str(path)
 

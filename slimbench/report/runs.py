@@ -48,7 +48,7 @@ def rules_names(rules_items: Iterable[Item]) -> dict[str, str]:
     out = {}
     for item in rules_items:
         rs = item.data
-        cutoff = f", cutoff {rs.cutoff:g}" if rs.cutoff is not None else ""
+        cutoff = f", cutoff {float(rs.cutoff)!r}" if rs.cutoff is not None else ""
         by = ", by layer type" if rs.by == "layer_type" else ""
         out[fingerprint(rs)] = f"SNR rules{cutoff}{by}"
     return out

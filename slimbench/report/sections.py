@@ -1,7 +1,8 @@
-"""Every report section in order, each built by its own module: memory, loss vs lr, loss vs step, the
-training suite, SNR, step time, environment. A section without data says what would fill it."""
+"""Every report section in order, each built by its own module: memory, loss vs lr, comparisons (with
+intervals), loss vs step, the training suite, SNR, step time, environment. A section without data says what would fill it."""
 from __future__ import annotations
 
+from slimbench.report.claims import CLAIM_COLUMNS, claim_rows, claims_note
 from slimbench.report.environment import ENV_COLUMNS, environment_rows
 from slimbench.report.load import Collection
 from slimbench.report.lr import LR_COLUMNS, LR_SUMMARY_COLUMNS, lr_rows, lr_summary_rows
@@ -31,6 +32,11 @@ def build_sections(c: Collection, opts: Options = Options()) -> list[Section]:
         Table("Final loss per learning rate", LR_COLUMNS, lrs,
               f"{opts.loss} over seeds that finished; 'diverged k/n': k of n seeds diverged")] if lrs else [],
         "" if lrs else "No sweep results given (python -m slimbench run ...)."))
+    claims = [r for r in claim_rows(c, opts) if r["seeds"] > 1 or r["lrs"] > 1]
+    if claims:
+        secs.append(Section("claims", "Comparisons with their uncertainty",
+                            [Table("Gap to AdamW, best lr and lr band, over seeds", CLAIM_COLUMNS, claims,
+                                   claims_note(opts))]))
     steps = step_tables(c, opts)
     secs.append(Section("steps", "Loss vs step", steps, "" if steps else "No sweep results given."))
     train = training_rows(c)

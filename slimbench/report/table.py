@@ -76,7 +76,8 @@ def finite(x: Any) -> bool:
 
 def format_value(v: Any, fmt: str = "str") -> str:
     """Cell text: '-' for missing. fmt: str, int, g, g4, f3, f4, mib, x2, pct, ms, bool, lrs, and
-    pm / pm+ for a pair (mean, spread) shown as 'mean ± spread' (pm+: the mean signed, for gaps)."""
+    pm / pm+ for a pair (mean, spread) shown as 'mean ± spread' (pm+: the mean signed, for gaps),
+    ci / ci+ / ci_g / ci_x for an interval dict (:func:`format_interval`)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if isinstance(v, str):  # text in a numeric column ("div@12") is shown as is
@@ -106,7 +107,21 @@ def format_value(v: Any, fmt: str = "str") -> str:
         return f"{mean:{'+' if fmt == 'pm+' else ''}.4f}" + (f" ± {spread:.4f}" if spread is not None else "")
     if fmt == "lrs":
         return ", ".join(f"{x:g}" for x in v) or "-"
+    if fmt in _CI_FORMATS:  # an interval dict (slimbench.bench.intervals.Interval.to_dict)
+        return format_interval(v, fmt)
     return str(v)
+
+
+_CI_FORMATS = {"ci": "{:.4f}", "ci+": "{:+.4f}", "ci_g": "{:g}", "ci_x": "{:.3g}x"}
+
+
+def format_interval(v: dict, fmt: str = "ci") -> str:
+    """``estimate [lo, hi]`` (ci: 4 decimals, ci+: signed, ci_g: lrs, ci_x: widths); no interval: estimate only."""
+    f = _CI_FORMATS[fmt]
+    text = f.format(v["estimate"])
+    if v.get("lo") is None or v.get("hi") is None:
+        return text + " (1 seed)"
+    return f"{text} [{f.format(v['lo'])}, {f.format(v['hi'])}]"
 
 
 def table_from_lists(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], note: str = "",
