@@ -9,7 +9,8 @@ Examples:
 BASELINE and NEW are result files or folders (sweep runs, benchmark JSON, profiles, audits). Entries are
 matched by run id / benchmark name. Checks are METRIC:exact, METRIC:N% or METRIC:N (absolute); default:
 state_bytes:exact final_loss:5% diverged:0 step_ratio:50%. Metrics: state_bytes, saved_fraction,
-final_loss, best_loss, diverged, step_ratio, step_time_s, peak_bytes, transient_bytes.
+final_loss, best_loss, diverged, step_ratio, step_time_s, peak_bytes, transient_bytes, lr_width (a sweep's
+lr-band width within 5% of the best loss, per task and optimizer; larger is better: --check lr_width:50%).
 Exit codes: 0 no regression, 1 regression, 2 bad input.
 """
 from __future__ import annotations

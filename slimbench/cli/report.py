@@ -7,7 +7,8 @@ Examples:
 
 Reads sweep results (slimbench.run), SNR records and rules files, profiles, audits and pytest-benchmark
 JSON (from `pytest suites/ --benchmark-json=FILE`), recognised by their content, from files or folders.
-Prints every table, writes OUT/report.md, OUT/report.json and the PNG plots.
+Prints every table, writes OUT/report.md, OUT/report.json, OUT/report.html (one file, figures embedded)
+and the PNG figures.
 """
 from __future__ import annotations
 
