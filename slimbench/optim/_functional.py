@@ -33,7 +33,7 @@ __all__ = ["AdamHyper", "FUSED_BACKENDS", "FOREACH", "group_for_foreach", "mean_
 
 # fused=True implementations: "auto" = the native CPU kernel where it applies, else torch.compile
 # (slimbench.optim._fused); "compile" = torch.compile for every tensor.
-FUSED_BACKENDS = ("auto", "compile")
+FUSED_BACKENDS = ("auto", "compile", "triton")  # "triton": slimbench.optim._triton
 
 def _single_tensor_slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
                             exp_avg_sqs: list[Tensor], state_steps: list[Tensor],

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from slimbench.optim import _native
+from slimbench.optim._triton import TRITON, TRITON_STRICT
 from slimbench.optim._backends import Backend, Lists, _warned, subset, warn_once
 from slimbench.optim._compiled import COMPILED, _broken, _kernels
 from slimbench.optim._functional import FOREACH, FUSED_BACKENDS, AdamHyper, reduced_shape
@@ -45,7 +46,7 @@ __all__ = ["BACKENDS", "chain", "check_state", "checked", "clear_cache", "signat
 
 # The fused backends, fastest first; each leaves what it does not take to the next. A Triton backend
 # (GPU) goes before COMPILED: one module, one entry here.
-BACKENDS: tuple[Backend, ...] = (_native.NATIVE, COMPILED, FOREACH)
+BACKENDS: tuple[Backend, ...] = (_native.NATIVE, TRITON, COMPILED, FOREACH)
 
 PREFIX = "SlimAdam(fused=True)"
 _SHAPE, _DTYPE, _CPU, _NBYTES, _DEVICE = (operator.attrgetter(a) for a in ("shape", "dtype", "is_cpu", "nbytes",
@@ -172,9 +173,13 @@ def checked(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], e
 
 def chain(backend: str) -> tuple[Backend, ...]:
     """The backends that ``fused_backend=backend`` runs, in order (the one place this is decided):
-    "auto" = all of :data:`BACKENDS`; "compile" = torch.compile, then foreach for what cannot compile."""
+    "auto" = all of :data:`BACKENDS` (Triton for CUDA tensors); "compile" = torch.compile, then foreach for
+    what cannot compile; "triton" = the Triton kernel (CPU tensors under TRITON_INTERPRET=1, else an
+    error), then torch.compile and foreach for what it declines."""
     if backend not in FUSED_BACKENDS:
         raise ValueError(f"unknown fused backend {backend!r}; expected one of {FUSED_BACKENDS}")
+    if backend == "triton":
+        return (TRITON_STRICT, COMPILED, FOREACH)
     return BACKENDS if backend == "auto" else tuple(b for b in BACKENDS if b.name in ("compile", "foreach"))
 
 
