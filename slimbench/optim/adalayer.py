@@ -6,7 +6,8 @@ property test "SlimAdam with K = all dims == AdaLayer" checks two implementation
 
 The "AdaLayer+LN+TL" variant of Kalra et al. (2025) keeps full Adam for norm parameters and the last
 layer (the head): ``AdaLayer(..., full_adam=("norm", "head"))`` or the registry name ``adalayer+ln+tl``.
-Full-Adam tensors are updated by torch's own functional AdamW.
+Full-Adam tensors are updated by torch's own functional AdamW. Under FSDP2 each rank steps its shards and
+the per-tensor sums of G^2 are added across ranks in one all-reduce per step (v is replicated).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from slimbench.layers import LAYER_TYPES, layer_type
+from slimbench.distributed import all_reduce_sums, is_sharded, local
 from slimbench.optim._docs import splice
 from slimbench.optim.slimadam import check_adam_hyper, default_foreach
 
@@ -69,8 +71,10 @@ class AdaLayer(Optimizer):
         for group in self.param_groups:
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
             beta1, beta2 = group["betas"]
-            layer = ([], [], [], [], [])  # params, grads, exp_avgs, exp_avg_sqs (0-d), steps
+            layer = ([], [], [], [], [])  # params (local shards), grads, exp_avgs, exp_avg_sqs (0-d), steps
             full = ([], [], [], [], [])
+            numels: list[int] = []
+            sharded = False
             for p, is_full in zip(group["params"], group["full_adam"]):
                 if p.grad is None:
                     continue
@@ -82,15 +86,22 @@ class AdaLayer(Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = (torch.zeros_like(p, memory_format=torch.preserve_format) if is_full
                                            else torch.zeros((), dtype=p.dtype, device=p.device))
-                for lst, t in zip(full if is_full else layer,
-                                  (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
+                if is_full:  # torch's AdamW takes DTensors as they are
+                    for lst, t in zip(full, (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
+                        lst.append(t)
+                    continue
+                for lst, t in zip(layer, (local(p), local(p.grad), local(state["exp_avg"]), state["exp_avg_sq"],
+                                          state["step"])):
                     lst.append(t)
+                numels.append(p.numel())  # the whole tensor's (a DTensor's numel is global)
+                sharded = sharded or is_sharded(p)
             foreach = group["foreach"] if group["foreach"] is not None else default_foreach(group["params"])
             if full[0]:
                 _torch_adam(*full[:4], [], full[4], foreach=foreach, decoupled_weight_decay=True, amsgrad=False,
                             beta1=beta1, beta2=beta2, lr=lr, weight_decay=wd, eps=eps, maximize=False)
             if layer[0]:
-                _adalayer_update(*layer, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, foreach=foreach)
+                _adalayer_update(*layer, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, foreach=foreach,
+                                 numels=numels if sharded else None)
         return loss
 
 
@@ -99,9 +110,20 @@ AdaLayer.__doc__ = splice(AdaLayer.__doc__)
 
 def _adalayer_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], vs: list[Tensor],
                      steps: list[Tensor], *, lr: float, beta1: float, beta2: float, eps: float,
-                     weight_decay: float, foreach: bool) -> None:
-    """The layer-wise update: v is a 0-d tensor per parameter; mean(G^2) = ||G||^2 / numel."""
-    if foreach:
+                     weight_decay: float, foreach: bool, numels: list[int] | None = None) -> None:
+    """The layer-wise update: v is a 0-d tensor per parameter; mean(G^2) = ||G||^2 / numel.
+
+    ``numels`` (the whole tensors' sizes) means the lists hold FSDP2 shards: each rank's ||G||^2 is summed
+    across ranks in one all-reduce before dividing, so v is the same on every rank (a plain 0-d tensor)."""
+    if numels is not None:
+        sq = [g.square().sum() for g in grads]
+        all_reduce_sums(sq)
+        torch._foreach_add_(steps, 1)
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_add_(vs, [s / n for s, n in zip(sq, numels)], alpha=1 - beta2)
+    elif foreach:
         norms = torch._foreach_norm(grads)
         torch._foreach_add_(steps, 1)
         if weight_decay:

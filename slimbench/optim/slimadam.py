@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from slimbench import distributed
 from slimbench.layouts import Block, Layout, model_layouts, name_layouts
 from slimbench.optim._dispatch import slimadam
 from slimbench.optim._docs import splice
@@ -272,11 +273,16 @@ class SlimAdam(Optimizer):
         A fused weight with blocks enters as one entry per block: views of the parameter, gradient and
         M, and a view of its slice of the flat V. The blocks share one step counter: the first block
         advances the real one, the others a copy of it (same value).
+
+        A DTensor parameter (FSDP2) enters as its local shard; its state is created as DTensors placed as
+        :mod:`slimbench.distributed` says, and the last list returned is the whole parameters, from which
+        :func:`slimbench.distributed.cross_rank` tells which K cross ranks.
         """
-        params, grads, exp_avgs, exp_avg_sqs, steps, dims = [], [], [], [], [], []
+        params, grads, exp_avgs, exp_avg_sqs, steps, dims, wholes = [], [], [], [], [], [], []
+        names = group.get("param_names") or [f"param{i}" for i in range(len(group["params"]))]
         decay_vectors = group.get("decay_vectors", False)
         blocks_of = group.get("param_blocks") or [None] * len(group["params"])
-        for p, k, blocks in zip(group["params"], group["param_dims"], blocks_of):
+        for p, k, blocks, name in zip(group["params"], group["param_dims"], blocks_of, names):
             if p.grad is None or p.numel() == 0:  # a zero-size tensor has nothing to update
                 continue
             if decayed is not None and (p.dim() >= 2 or decay_vectors) != decayed:
@@ -284,17 +290,27 @@ class SlimAdam(Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError("SlimAdam does not support sparse gradients")
             k = tuple(k)
+            sharded = distributed.is_sharded(p)
+            if sharded and blocks:
+                raise ValueError(f"SlimAdam: {name!r} is a fused weight with {len(blocks)} blocks and is sharded "
+                                 f"({p.placements}); blocks of a sharded tensor are not supported: give it a plain "
+                                 "rule (e.g. {name: 'fan_in'}) or keep it unsharded")
             state = self.state[p]
             if len(state) == 0:
                 # Same state names as torch.optim.Adam so tools that read Adam's V read ours too.
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros(_state_shape(p, list(k), blocks), dtype=p.dtype, device=p.device)
+                state["exp_avg_sq"] = (distributed.zeros_v(p, k) if sharded else
+                                       torch.zeros(_state_shape(p, list(k), blocks), dtype=p.dtype, device=p.device))
+            if sharded and distributed.local(p).numel() == 0 and not distributed.crosses(p, k, name):
+                state["step"] += 1  # an empty shard (FSDP2's tail ranks) has nothing to update, or to share
+                continue
             if not blocks:
-                params.append(p)
-                grads.append(p.grad)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
+                wholes.append(p)
+                params.append(distributed.local(p))
+                grads.append(distributed.local(p.grad))
+                exp_avgs.append(distributed.local(state["exp_avg"]))
+                exp_avg_sqs.append(distributed.local(state["exp_avg_sq"]))
                 steps.append(state["step"])
                 dims.append(k)
                 continue
@@ -310,7 +326,8 @@ class SlimAdam(Optimizer):
                 offset += n
                 steps.append(state["step"] if j == 0 else state["step"].clone())
                 dims.append(bk)
-        return params, grads, exp_avgs, exp_avg_sqs, steps, dims
+                wholes.append(params[-1])
+        return params, grads, exp_avgs, exp_avg_sqs, steps, dims, wholes
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Tensor | None:
@@ -323,9 +340,10 @@ class SlimAdam(Optimizer):
             # 1-D tensors are not decayed unless decay_vectors: a second call for them, only when it matters
             split = group["weight_decay"] != 0 and not group.get("decay_vectors", False)
             for decayed in ((True, False) if split else (None,)):
-                params, grads, exp_avgs, exp_avg_sqs, steps, dims = self._init_group(group, decayed=decayed)
+                params, grads, exp_avgs, exp_avg_sqs, steps, dims, wholes = self._init_group(group, decayed=decayed)
                 if not params:
                     continue
+                cross = distributed.cross_rank(wholes, dims, group.get("param_names"))
                 fused = bool(group.get("fused"))
                 foreach = False if fused else (group["foreach"] if group["foreach"] is not None
                                                else default_foreach(params))
@@ -333,7 +351,7 @@ class SlimAdam(Optimizer):
                 wd = 0.0 if decayed is False else group["weight_decay"]
                 hp = AdamHyper(group["lr"], beta1, beta2, group["eps"], wd, group["maximize"])
                 slimadam(params, grads, exp_avgs, exp_avg_sqs, steps, dims, hp=hp, foreach=foreach, fused=fused,
-                         fused_backend=group.get("fused_backend", "auto"))
+                         fused_backend=group.get("fused_backend", "auto"), cross_rank=cross)
         return loss
 
 

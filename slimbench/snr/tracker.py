@@ -24,6 +24,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
+from slimbench.distributed import is_sharded
 from slimbench.env import provenance
 from slimbench.layers import layer_type
 from slimbench.layouts import model_layouts
@@ -215,6 +216,10 @@ class SNRTracker:
                 raise ValueError(f"{type(self.optimizer).__name__} keeps no 'exp_avg_sq' for {name!r} (state: "
                                  f"{', '.join(sorted(state))}); SNR tracking needs an Adam-family optimizer "
                                  "(Adam, AdamW, SlimAdam with K=())")
+            if is_sharded(v):
+                # FSDP2: gather the whole V (every rank runs this hook, so the collective matches), so the SNR
+                # of a sharded V is the unsharded one; costs one V-sized buffer at measuring steps only.
+                v = v.full_tensor()
             if tuple(v.shape) != tuple(p.shape):
                 self.skipped[name] = (f"second moment already compressed to shape {list(v.shape)}; "
                                       "measure with K = () (plain Adam)")

@@ -1,0 +1,261 @@
+"""Worker side of tests/test_distributed.py: one gloo process group on 127.0.0.1, many checks per spawn
+(process start-up, about 2-3 s, is the cost to amortise). Each check returns a dict; rank 0 collects them.
+
+Every rank feeds the same batch, so FSDP2's averaged gradient equals the single-process gradient and the
+sharded run can be compared with a plain run of a copy of the model, entry for entry, in fp64.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+import traceback
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class Net(nn.Module):
+    """A 2-D weight with uneven shards (7 rows), one with empty tail shards at 3-4 ranks (2 rows), a 4-D conv
+    weight (3 filters: uneven / empty shards), and biases; names that the paper's rules recognise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.up_proj = nn.Linear(6, 7)
+        self.v_proj = nn.Linear(7, 2)
+        self.down_proj = nn.Linear(2, 5, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x).mean(dim=(2, 3))  # (B, 3)
+        h = torch.cat([h, h], dim=1)  # (B, 6)
+        return self.down_proj(torch.tanh(self.v_proj(torch.tanh(self.up_proj(h)))))
+
+
+def batch(step: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randn(4, 2, 5, 5, generator=g, dtype=torch.float64)
+
+
+def loss_fn(model: nn.Module, step: int) -> torch.Tensor:
+    return model(batch(step)).square().mean()
+
+
+def subsets(n: int) -> list[tuple[int, ...]]:
+    return [c for r in range(n + 1) for c in itertools.combinations(range(n), r)]
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    from slimbench.distributed import is_sharded
+
+    return t.full_tensor() if is_sharded(t) else t
+
+
+def train(model: nn.Module, make_opt: Callable, steps: int, sched: bool = False) -> torch.optim.Optimizer:
+    opt = make_opt(model)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s)) if sched else None
+    for s in range(steps):
+        loss_fn(model, s).backward()
+        opt.step()
+        opt.zero_grad()
+        if lr_sched:
+            lr_sched.step()
+    return opt
+
+
+def sharded_copy(model: nn.Module) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    m = copy.deepcopy(model)
+    for sub in (m.conv, m.up_proj, m.v_proj, m.down_proj):
+        fully_shard(sub)
+    fully_shard(m)
+    return m
+
+
+def max_err(ref_model: nn.Module, ref_opt, model: nn.Module, opt) -> float:
+    """Largest |difference| over parameters and every state tensor, sharded state gathered."""
+    err = 0.0
+    ref = dict(ref_model.named_parameters())
+    for (n, p) in model.named_parameters():
+        err = max(err, (full(p.detach()) - ref[n].detach()).abs().max().item())
+        st, rst = opt.state[p], ref_opt.state[ref[n]]
+        for key in rst:
+            a, b = full(st[key]), rst[key]
+            if a.shape != b.shape:
+                return float("inf")
+            err = max(err, (a - b).abs().max().item() if a.numel() else 0.0)
+    return err
+
+
+QUICK_K4 = ((0,), (0, 2), (1, 2, 3), (0, 1, 2, 3))  # the default run's subset: crossing, non-contiguous, local, all
+
+
+def check_equivalence(mode: str, steps: int = 6, quick: bool = False) -> dict:
+    """SlimAdam sharded (FSDP2) or under DDP == one process, for the paper rules and every K on a 2-D and a
+    4-D weight, on the for-loop, foreach and fused paths; AdaLayer; param groups + an lr schedule."""
+    from slimbench import AdaLayer, SlimAdam
+
+    torch.manual_seed(0)
+    base = Net().double()
+    wrap = sharded_copy if mode == "fsdp" else (lambda m: nn.parallel.DistributedDataParallel(copy.deepcopy(m)))
+    errs: dict[str, float] = {}
+    paths = {"loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+    k2, k4 = subsets(2), subsets(4)
+    configs: list[tuple[str, object]] = [("paper", "paper")]
+    for i, kc in enumerate(k4):
+        if quick and kc not in QUICK_K4:
+            continue
+        configs.append((f"conv{list(kc)}/lin{list(k2[i % 4])}",
+                        {"conv.weight": list(kc) or "none", "up_proj.weight": list(k2[i % 4]) or "none",
+                         "v_proj.weight": list(k2[(i + 1) % 4]) or "none", "down_proj.weight": list(k2[(i + 2) % 4]) or "none"}))
+    for (cname, rules), (pname, flags) in itertools.product(configs, paths.items()):
+        if pname == "fused" and isinstance(rules, dict) and rules["conv.weight"] == [1, 3]:
+            continue  # the one local, non-contiguous K: torch.compile (seconds per graph); same seam, tested unsharded
+
+        def make(m: nn.Module, rules=rules, flags=flags) -> torch.optim.Optimizer:
+            return SlimAdam(m, lr=0.02, betas=(0.9, 0.99), weight_decay=0.1, rules=rules, **flags)
+
+        ref = copy.deepcopy(base)
+        ref_opt = train(ref, make, steps)
+        m = wrap(base)
+        opt = train(m, make, steps)
+        errs[f"slimadam {cname} {pname}"] = max_err(ref, ref_opt, m.module if mode == "ddp" else m, opt)
+    # param groups (no decay on the conv) and an lr schedule
+    def grouped(m: nn.Module) -> torch.optim.Optimizer:
+        named = list(m.named_parameters())
+        return SlimAdam([{"params": [p for n, p in named if "conv" in n], "param_names": [n for n, _ in named if "conv" in n],
+                          "weight_decay": 0.0, "lr": 0.05},
+                         {"params": [p for n, p in named if "conv" not in n],
+                          "param_names": [n for n, _ in named if "conv" not in n]}],
+                        lr=0.02, weight_decay=0.1, rules="paper")
+    ref = copy.deepcopy(base)
+    ref_opt = train(ref, grouped, steps, sched=True)
+    m = wrap(base)
+    opt = train(m, grouped, steps, sched=True)
+    errs["slimadam groups+schedule"] = max_err(ref, ref_opt, m.module if mode == "ddp" else m, opt)
+    for foreach in (False, True):
+        def ada(m: nn.Module, foreach=foreach) -> torch.optim.Optimizer:
+            return AdaLayer(m.named_parameters(), lr=0.02, weight_decay=0.1, foreach=foreach, full_adam=("norm",))
+        ref = copy.deepcopy(base)
+        ref_opt = train(ref, ada, steps)
+        m = wrap(base)
+        opt = train(m, ada, steps)
+        errs[f"adalayer foreach={foreach}"] = max_err(ref, ref_opt, m.module if mode == "ddp" else m, opt)
+    return errs
+
+
+def count_collectives() -> dict:
+    """Collectives issued by one SlimAdam step under FSDP2 with the paper rules: one all-reduce per call
+    with a K over the sharded dim (one param group, weight decay split: the 1-D call has none)."""
+    from slimbench import SlimAdam
+
+    torch.manual_seed(0)
+    m = sharded_copy(Net().double())
+    out = {}
+    for rules, name in (("paper", "paper"), ({"conv.weight": [1, 2, 3], "up_proj.weight": "fan_in"}, "local")):
+        for flags in (dict(foreach=False), dict(foreach=True), dict(fused=True)):
+            opt = SlimAdam(m, lr=0.01, weight_decay=0.1, rules=rules, **flags)
+            loss_fn(m, 0).backward()
+            calls = []
+            real = dist.all_reduce
+
+            def counting(*a, **kw):
+                calls.append(a[0].numel())
+                return real(*a, **kw)
+            dist.all_reduce = counting
+            try:
+                opt.step()
+            finally:
+                dist.all_reduce = real
+            opt.zero_grad()
+            out[f"{name} {next(iter(flags.items()))}"] = len(calls)
+    return out
+
+
+def check_snr(steps: int = 3) -> dict:
+    """The SNR tracker on AdamW's sharded V (FSDP2) records what it records for one process."""
+    from slimbench.snr.tracker import track_snr
+
+    torch.manual_seed(0)
+    base = Net().double()
+    series = []
+    for m in (copy.deepcopy(base), sharded_copy(base)):
+        opt = torch.optim.AdamW(m.parameters(), lr=0.02)
+        with track_snr(m, opt, schedule="every:1") as tracker:
+            for s in range(steps):
+                loss_fn(m, s).backward()
+                opt.step()
+                opt.zero_grad()
+        series.append(tracker._snr)
+    ref, got = series
+    errs = [abs(a - b) / max(abs(a), 1e-300) for e in ref for k in ref[e] for a, b in zip(ref[e][k], got[e][k])]
+    return {"entries": len(ref), "values": len(errs), "max_rel_err": max(errs) if errs else float("inf"),
+            "same_keys": ref.keys() == got.keys() and all(ref[e].keys() == got[e].keys() for e in ref)}
+
+
+def _ckpt_opt(m: nn.Module) -> torch.optim.Optimizer:
+    from slimbench import SlimAdam
+
+    return SlimAdam(m, lr=0.02, betas=(0.9, 0.99), weight_decay=0.1, rules="paper")
+
+
+def checkpoint_save(path: str, steps: int = 3) -> dict:
+    """Train ``steps`` sharded steps, then save model and optimizer with torch.distributed.checkpoint."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    torch.manual_seed(0)
+    m = sharded_copy(Net().double())
+    opt = train(m, _ckpt_opt, steps)
+    msd, osd = get_state_dict(m, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=path)
+    return {"saved": steps}
+
+
+def checkpoint_resume(path: str, steps: int = 3, total: int = 6) -> dict:
+    """Load the checkpoint on this world size (resharding), train to ``total`` steps, and compare with an
+    uninterrupted single-process run of ``total`` steps."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    torch.manual_seed(0)
+    base = Net().double()
+    ref = copy.deepcopy(base)
+    ref_opt = train(ref, _ckpt_opt, total)
+    m = sharded_copy(base)
+    opt = _ckpt_opt(m)
+    msd, osd = get_state_dict(m, opt)
+    sd = {"model": msd, "optim": osd}
+    dcp.load(sd, checkpoint_id=path)
+    set_state_dict(m, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    for s in range(steps, total):
+        loss_fn(m, s).backward()
+        opt.step()
+        opt.zero_grad()
+    return {"err": max_err(ref, ref_opt, m, opt)}
+
+
+CHECKS = {"fsdp": lambda: check_equivalence("fsdp"), "ddp": lambda: check_equivalence("ddp"),
+          "fsdp-quick": lambda: check_equivalence("fsdp", quick=True), "collectives": count_collectives, "snr": check_snr,
+          "ckpt-save": checkpoint_save, "ckpt-resume": checkpoint_resume}
+
+
+def main(rank: int, world: int, port: int, checks: list[str], out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    results: dict = {}
+    try:
+        for c in checks:
+            name, _, arg = c.partition(":")
+            results[name] = CHECKS[name](arg) if arg else CHECKS[name]()
+    except Exception:  # noqa: BLE001 -- reported to the test, which fails with the traceback
+        results["error"] = traceback.format_exc()
+    finally:
+        torch.save(results, f"{out}.{rank}")
+        dist.destroy_process_group()
