@@ -42,7 +42,7 @@ _SLIMADAM_ERRORS = (
         "rules-wrong-type"),
     err({"rules": "/nonexistent/slimbench-rules.json"}, "slimbench-rules.json: no such file", "rules-file-missing",
         FormatError),
-    err({"fused": True, "fused_backend": "triton"}, "Invalid fused_backend: 'triton'", "fused-backend-unknown"))
+    err({"fused": True, "fused_backend": "cuda-graphs"}, "Invalid fused_backend: 'cuda-graphs'", "fused-backend-unknown"))
 
 SPECS: tuple[OptimizerSpec, ...] = (
     OptimizerSpec("slimadam", _slimadam, "SlimAdam: V averaged over per-layer dims K (paper rules by default)",
