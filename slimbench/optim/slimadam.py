@@ -276,10 +276,11 @@ class SlimAdam(Optimizer):
 
         A DTensor parameter (FSDP2) enters as its local shard; its state is created as DTensors placed as
         :mod:`slimbench.distributed` says, and the last list returned is the whole parameters, from which
-        :func:`slimbench.distributed.cross_rank` tells which K cross ranks.
+        :func:`slimbench.distributed.cross_rank` tells which K cross ranks (None when nothing is sharded).
         """
         params, grads, exp_avgs, exp_avg_sqs, steps, dims, wholes = [], [], [], [], [], [], []
         names = group.get("param_names") or [f"param{i}" for i in range(len(group["params"]))]
+        any_sharded = False
         decay_vectors = group.get("decay_vectors", False)
         blocks_of = group.get("param_blocks") or [None] * len(group["params"])
         for p, k, blocks, name in zip(group["params"], group["param_dims"], blocks_of, names):
@@ -307,10 +308,17 @@ class SlimAdam(Optimizer):
                 continue
             if not blocks:
                 wholes.append(p)
-                params.append(distributed.local(p))
-                grads.append(distributed.local(p.grad))
-                exp_avgs.append(distributed.local(state["exp_avg"]))
-                exp_avg_sqs.append(distributed.local(state["exp_avg_sq"]))
+                if sharded:
+                    params.append(p._local_tensor)
+                    grads.append(p.grad._local_tensor)
+                    exp_avgs.append(state["exp_avg"]._local_tensor)
+                    exp_avg_sqs.append(state["exp_avg_sq"]._local_tensor)
+                    any_sharded = True
+                else:
+                    params.append(p)
+                    grads.append(p.grad)
+                    exp_avgs.append(state["exp_avg"])
+                    exp_avg_sqs.append(state["exp_avg_sq"])
                 steps.append(state["step"])
                 dims.append(k)
                 continue
@@ -327,7 +335,7 @@ class SlimAdam(Optimizer):
                 steps.append(state["step"] if j == 0 else state["step"].clone())
                 dims.append(bk)
                 wholes.append(params[-1])
-        return params, grads, exp_avgs, exp_avg_sqs, steps, dims, wholes
+        return params, grads, exp_avgs, exp_avg_sqs, steps, dims, wholes if any_sharded else None
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Tensor | None:
@@ -343,7 +351,7 @@ class SlimAdam(Optimizer):
                 params, grads, exp_avgs, exp_avg_sqs, steps, dims, wholes = self._init_group(group, decayed=decayed)
                 if not params:
                     continue
-                cross = distributed.cross_rank(wholes, dims, group.get("param_names"))
+                cross = distributed.cross_rank(wholes, dims, group.get("param_names")) if wholes else None
                 fused = bool(group.get("fused"))
                 foreach = False if fused else (group["foreach"] if group["foreach"] is not None
                                                else default_foreach(params))
