@@ -1,10 +1,12 @@
 """The Triton SlimAdam kernel (slimbench/optim/_triton.py), run by Triton's interpreter on CPU tensors.
 
 TRITON_INTERPRET: Triton decides "interpreted or compiled" when a function is decorated, and
-``_triton.kernel()`` decorates its kernel when first used, once per mode. So the ``interp`` fixture sets
-TRITON_INTERPRET=1 for this module's CPU tests only (and restores it afterwards): other test modules,
-which may have imported triton already (inductor does), are unaffected, and the CUDA tests at the end
-drop it to compile for real.
+``_triton.kernel()`` decorates its kernel when first used, once per mode; the kernel calls no jit function
+of triton.language (whose mode was fixed when triton was imported). So TRITON_INTERPRET need not be set
+before triton is imported, and the ``interp`` fixture sets it for this module's CPU tests only (restoring
+it afterwards), after importing triton on purpose: other test modules are unaffected, and the CUDA tests
+drop it to compile for real. ``test_compiles_for_sm90_without_a_gpu`` runs Triton's real compiler (down to
+a cubin for sm_90) on this CPU machine, which type-checks what the interpreter does not.
 
 The interpreter runs each program in Python, so shapes are small and block sizes are shrunk
 (``small_blocks``) so that tiny tensors still reach every loop of the kernel (chunked rows, chunked
@@ -43,6 +45,11 @@ KINDS = {
 
 @pytest.fixture(scope="module")
 def interp():
+    """TRITON_INTERPRET=1 for this module's CPU tests. triton itself is imported first, on purpose, as
+    inductor or another test module may already have done in a full run: the kernel must not depend on
+    the import order (see the comment on sums in _triton._slimadam_kernel)."""
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRITON_INTERPRET", "1")
         yield
@@ -278,6 +285,35 @@ def test_one_launch_per_dtype(interp, monkeypatch):
         assert _triton.step_bucket(*lists(got), hp) == []
     assert sorted(launches, key=str) == [(torch.bfloat16, 4), (torch.float32, 4)]
     assert all(row[4].item() == 3.0 for row in got)
+
+
+def nvidia_compiler() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+@needs_triton
+@pytest.mark.skipif(not nvidia_compiler(), reason="Triton's NVIDIA backend is not installed")
+@pytest.mark.parametrize("dtype, maximize", [("fp32", False), ("bf16", True), ("fp16", False)])
+def test_compiles_for_sm90_without_a_gpu(dtype, maximize, monkeypatch):
+    """The interpreter checks no types; Triton's compiler does (e.g. one name with two tile shapes in
+    sibling branches). Compile the kernel ahead of time for an H100/H200 (sm_90) down to a cubin: no GPU
+    needed, about a second each. That it runs correctly on a GPU is the CUDA tests' job."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    _, _, const = _triton._plan([(7, 3000, 1), (1, 300, 700), (50, 1, 1), (4, 9, 5)], [(1,), (0,), (), (1,)], maximize)
+    sig = {"base": f"*{dtype}", "meta": "*i64", "starts": "*i64", "coeffs": "*fp32", "n_tensors": "i32"}
+    compiled = triton.compile(ASTSource(fn=_triton.kernel(), signature=sig | {k: "constexpr" for k in const},
+                                        constexprs=const),
+                              target=GPUTarget("cuda", 90, 32), options=_triton.COMPILE_OPTIONS)
+    ptx = compiled.asm["ptx"]
+    assert compiled.asm["cubin"] and "div.rn.f32" in ptx and "sqrt.rn.f32" in ptx and "div.full" not in ptx
 
 
 def test_serial_shapes_are_declined(interp):

@@ -63,6 +63,9 @@ P_OFF, G_OFF, M_OFF, V_OFF, O_, R_, I_, KIND = range(META)
 TILE = 2048  # entries per program tile (kinds 1 and 2)
 BLOCK_E = 1024  # most entries per program of kind 0
 MAX_BLOCK_R, MAX_BLOCK_C, MIN_BLOCK = 1024, 128, 16  # row chunk (kind 1), column block (kind 2), floor
+# No fused multiply-add contraction: every op rounded as written, as the for-loop's torch ops and the
+# interpreter the tests run (numpy) do; the step is memory-bound, so FMAs would buy nothing.
+COMPILE_OPTIONS = {"enable_fp_fusion": False}
 SERIAL_ENTRIES, SERIAL_ROWS = 1 << 16, 8  # see can_take: K = all dims of big tensors goes elsewhere
 
 tl: Any = None  # triton.language, bound when the kernel is first built (the kernel body resolves it here)
@@ -104,101 +107,106 @@ def _slimadam_kernel(base, meta, starts, coeffs, n_tensors, LOG_N: tl.constexpr,
     bc2 = tl.load(c + 5)
     eps = tl.load(c + 6)
     out_ty = base.dtype.element_ty
+    # Each branch names its values apart: Triton requires a name assigned in two sibling branches to have
+    # one type in both, and the kinds' tiles differ in shape. Sums are tl.reduce with Triton's own add
+    # combiner, not tl.sum: tl.sum is a jit function built when triton.language is imported, in whatever
+    # mode was on then, so an interpreted kernel calling it fails when triton was imported first (by
+    # inductor, another test); the interpreter sums this combiner with numpy, the compiler as tl.sum does.
     if kind == 0:  # K = (): AdamW, elementwise
-        offs = j * BLOCK_E + tl.arange(0, BLOCK_E)
-        mask = offs < O
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        e_offs = j * BLOCK_E + tl.arange(0, BLOCK_E)
+        e_mask = e_offs < O
+        e_g = tl.load(g_ptr + e_offs, mask=e_mask, other=0.0).to(tl.float32)
         if MAXIMIZE:
-            g = -g
-        m0 = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        m = m0 + w1 * (g - m0)
-        v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32) * b2 + (w2 * g) * g  # addcmul's order
-        p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        p = p * decay + neg_step * tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v), bc2) + eps)
-        tl.store(m_ptr + offs, m.to(out_ty), mask=mask)
-        tl.store(v_ptr + offs, v.to(out_ty), mask=mask)
-        tl.store(p_ptr + offs, p.to(out_ty), mask=mask)
+            e_g = -e_g
+        e_m0 = tl.load(m_ptr + e_offs, mask=e_mask, other=0.0).to(tl.float32)
+        e_m = e_m0 + w1 * (e_g - e_m0)
+        e_v = tl.load(v_ptr + e_offs, mask=e_mask, other=0.0).to(tl.float32) * b2 + (w2 * e_g) * e_g  # addcmul's order
+        e_p = tl.load(p_ptr + e_offs, mask=e_mask, other=0.0).to(tl.float32)
+        e_p = e_p * decay + neg_step * tl.div_rn(e_m, tl.div_rn(tl.sqrt_rn(e_v), bc2) + eps)
+        tl.store(m_ptr + e_offs, e_m.to(out_ty), mask=e_mask)
+        tl.store(v_ptr + e_offs, e_v.to(out_ty), mask=e_mask)
+        tl.store(p_ptr + e_offs, e_p.to(out_ty), mask=e_mask)
     elif kind == 1:  # K trailing: ROWS rows, each reduced over its R contiguous entries
         rows = j * ROWS + tl.arange(0, ROWS)
         rmask = rows < O
-        cols = tl.arange(0, BLOCK_R)
+        rcols = tl.arange(0, BLOCK_R)
         if R <= BLOCK_R:  # the whole tile in registers: G read once
-            mask = rmask[:, None] & (cols[None, :] < R)
-            offs = rows[:, None] * R + cols[None, :]
-            g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            a_mask = rmask[:, None] & (rcols[None, :] < R)
+            a_offs = rows[:, None] * R + rcols[None, :]
+            a_g = tl.load(g_ptr + a_offs, mask=a_mask, other=0.0).to(tl.float32)
             if MAXIMIZE:
-                g = -g
-            total = tl.sum(g * g, axis=1)
-            v = tl.load(v_ptr + rows, mask=rmask, other=0.0).to(tl.float32) * b2 + w2 * tl.div_rn(total, R.to(tl.float32))
-            tl.store(v_ptr + rows, v.to(out_ty), mask=rmask)
-            scale = tl.div_rn(neg_step, tl.div_rn(tl.sqrt_rn(v), bc2) + eps)
-            m0 = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            m = m0 + w1 * (g - m0)
-            p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32) * decay + m * scale[:, None]
-            tl.store(m_ptr + offs, m.to(out_ty), mask=mask)
-            tl.store(p_ptr + offs, p.to(out_ty), mask=mask)
+                a_g = -a_g
+            a_sum = tl.reduce(a_g * a_g, 1, tl.standard._sum_combine)
+            a_v = tl.load(v_ptr + rows, mask=rmask, other=0.0).to(tl.float32) * b2 + w2 * tl.div_rn(a_sum, R.to(tl.float32))
+            tl.store(v_ptr + rows, a_v.to(out_ty), mask=rmask)
+            a_scale = tl.div_rn(neg_step, tl.div_rn(tl.sqrt_rn(a_v), bc2) + eps)
+            a_m0 = tl.load(m_ptr + a_offs, mask=a_mask, other=0.0).to(tl.float32)
+            a_m = a_m0 + w1 * (a_g - a_m0)
+            a_p = tl.load(p_ptr + a_offs, mask=a_mask, other=0.0).to(tl.float32) * decay + a_m * a_scale[:, None]
+            tl.store(m_ptr + a_offs, a_m.to(out_ty), mask=a_mask)
+            tl.store(p_ptr + a_offs, a_p.to(out_ty), mask=a_mask)
         else:  # long rows: sum in chunks, then update in chunks
-            total = tl.zeros((ROWS,), dtype=tl.float32)
+            b_sum = tl.full((ROWS,), 0.0, tl.float32)
             for r0 in range(0, R, BLOCK_R):
-                mask = rmask[:, None] & ((r0 + cols)[None, :] < R)
-                g = tl.load(g_ptr + rows[:, None] * R + (r0 + cols)[None, :], mask=mask, other=0.0).to(tl.float32)
-                total += tl.sum(g * g, axis=1)
-            v = tl.load(v_ptr + rows, mask=rmask, other=0.0).to(tl.float32) * b2 + w2 * tl.div_rn(total, R.to(tl.float32))
-            tl.store(v_ptr + rows, v.to(out_ty), mask=rmask)
-            scale = tl.div_rn(neg_step, tl.div_rn(tl.sqrt_rn(v), bc2) + eps)
-            for r0 in range(0, R, BLOCK_R):
-                mask = rmask[:, None] & ((r0 + cols)[None, :] < R)
-                offs = rows[:, None] * R + (r0 + cols)[None, :]
-                g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+                b_mask = rmask[:, None] & ((r0 + rcols)[None, :] < R)
+                b_g = tl.load(g_ptr + rows[:, None] * R + (r0 + rcols)[None, :], mask=b_mask, other=0.0).to(tl.float32)
+                b_sum += tl.reduce(b_g * b_g, 1, tl.standard._sum_combine)
+            b_v = tl.load(v_ptr + rows, mask=rmask, other=0.0).to(tl.float32) * b2 + w2 * tl.div_rn(b_sum, R.to(tl.float32))
+            tl.store(v_ptr + rows, b_v.to(out_ty), mask=rmask)
+            b_scale = tl.div_rn(neg_step, tl.div_rn(tl.sqrt_rn(b_v), bc2) + eps)
+            for r1 in range(0, R, BLOCK_R):
+                bu_mask = rmask[:, None] & ((r1 + rcols)[None, :] < R)
+                bu_offs = rows[:, None] * R + (r1 + rcols)[None, :]
+                bu_g = tl.load(g_ptr + bu_offs, mask=bu_mask, other=0.0).to(tl.float32)
                 if MAXIMIZE:
-                    g = -g
-                m0 = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-                m = m0 + w1 * (g - m0)
-                p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32) * decay + m * scale[:, None]
-                tl.store(m_ptr + offs, m.to(out_ty), mask=mask)
-                tl.store(p_ptr + offs, p.to(out_ty), mask=mask)
+                    bu_g = -bu_g
+                bu_m0 = tl.load(m_ptr + bu_offs, mask=bu_mask, other=0.0).to(tl.float32)
+                bu_m = bu_m0 + w1 * (bu_g - bu_m0)
+                bu_p = tl.load(p_ptr + bu_offs, mask=bu_mask, other=0.0).to(tl.float32) * decay + bu_m * b_scale[:, None]
+                tl.store(m_ptr + bu_offs, bu_m.to(out_ty), mask=bu_mask)
+                tl.store(p_ptr + bu_offs, bu_p.to(out_ty), mask=bu_mask)
     else:  # K leading or middle: BLOCK_C columns of slab o, reduced down its R rows
         n_cb = (I + BLOCK_C - 1) // BLOCK_C
         o = j // n_cb
-        cols = (j - o * n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = cols < I
+        ccols = (j - o * n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = ccols < I
         slab = o * R * I
         rr = tl.arange(0, BLOCK_RR)
         if R <= BLOCK_RR:  # the whole column block in registers: G read once
-            mask = (rr < R)[:, None] & cmask[None, :]
-            offs = slab + rr[:, None] * I + cols[None, :]
-            g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            c_mask = (rr < R)[:, None] & cmask[None, :]
+            c_offs = slab + rr[:, None] * I + ccols[None, :]
+            c_g = tl.load(g_ptr + c_offs, mask=c_mask, other=0.0).to(tl.float32)
             if MAXIMIZE:
-                g = -g
-            total = tl.sum(g * g, axis=0)
-            v = tl.load(v_ptr + o * I + cols, mask=cmask, other=0.0).to(tl.float32) * b2 + w2 * tl.div_rn(total, R.to(tl.float32))
-            tl.store(v_ptr + o * I + cols, v.to(out_ty), mask=cmask)
-            scale = tl.div_rn(neg_step, tl.div_rn(tl.sqrt_rn(v), bc2) + eps)
-            m0 = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            m = m0 + w1 * (g - m0)
-            p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32) * decay + m * scale[None, :]
-            tl.store(m_ptr + offs, m.to(out_ty), mask=mask)
-            tl.store(p_ptr + offs, p.to(out_ty), mask=mask)
+                c_g = -c_g
+            c_sum = tl.reduce(c_g * c_g, 0, tl.standard._sum_combine)
+            c_v = tl.load(v_ptr + o * I + ccols, mask=cmask, other=0.0).to(tl.float32) * b2 + w2 * tl.div_rn(c_sum, R.to(tl.float32))
+            tl.store(v_ptr + o * I + ccols, c_v.to(out_ty), mask=cmask)
+            c_scale = tl.div_rn(neg_step, tl.div_rn(tl.sqrt_rn(c_v), bc2) + eps)
+            c_m0 = tl.load(m_ptr + c_offs, mask=c_mask, other=0.0).to(tl.float32)
+            c_m = c_m0 + w1 * (c_g - c_m0)
+            c_p = tl.load(p_ptr + c_offs, mask=c_mask, other=0.0).to(tl.float32) * decay + c_m * c_scale[None, :]
+            tl.store(m_ptr + c_offs, c_m.to(out_ty), mask=c_mask)
+            tl.store(p_ptr + c_offs, c_p.to(out_ty), mask=c_mask)
         else:  # column partial sums down the rows, then the update
-            total = tl.zeros((BLOCK_C,), dtype=tl.float32)
-            for r0 in range(0, R, BLOCK_RR):
-                mask = ((r0 + rr) < R)[:, None] & cmask[None, :]
-                g = tl.load(g_ptr + slab + (r0 + rr)[:, None] * I + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-                total += tl.sum(g * g, axis=0)
-            v = tl.load(v_ptr + o * I + cols, mask=cmask, other=0.0).to(tl.float32) * b2 + w2 * tl.div_rn(total, R.to(tl.float32))
-            tl.store(v_ptr + o * I + cols, v.to(out_ty), mask=cmask)
-            scale = tl.div_rn(neg_step, tl.div_rn(tl.sqrt_rn(v), bc2) + eps)
-            for r0 in range(0, R, BLOCK_RR):
-                mask = ((r0 + rr) < R)[:, None] & cmask[None, :]
-                offs = slab + (r0 + rr)[:, None] * I + cols[None, :]
-                g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            d_sum = tl.full((BLOCK_C,), 0.0, tl.float32)
+            for r2 in range(0, R, BLOCK_RR):
+                d_mask = ((r2 + rr) < R)[:, None] & cmask[None, :]
+                d_g = tl.load(g_ptr + slab + (r2 + rr)[:, None] * I + ccols[None, :], mask=d_mask, other=0.0).to(tl.float32)
+                d_sum += tl.reduce(d_g * d_g, 0, tl.standard._sum_combine)
+            d_v = tl.load(v_ptr + o * I + ccols, mask=cmask, other=0.0).to(tl.float32) * b2 + w2 * tl.div_rn(d_sum, R.to(tl.float32))
+            tl.store(v_ptr + o * I + ccols, d_v.to(out_ty), mask=cmask)
+            d_scale = tl.div_rn(neg_step, tl.div_rn(tl.sqrt_rn(d_v), bc2) + eps)
+            for r3 in range(0, R, BLOCK_RR):
+                du_mask = ((r3 + rr) < R)[:, None] & cmask[None, :]
+                du_offs = slab + (r3 + rr)[:, None] * I + ccols[None, :]
+                du_g = tl.load(g_ptr + du_offs, mask=du_mask, other=0.0).to(tl.float32)
                 if MAXIMIZE:
-                    g = -g
-                m0 = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-                m = m0 + w1 * (g - m0)
-                p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32) * decay + m * scale[None, :]
-                tl.store(m_ptr + offs, m.to(out_ty), mask=mask)
-                tl.store(p_ptr + offs, p.to(out_ty), mask=mask)
+                    du_g = -du_g
+                du_m0 = tl.load(m_ptr + du_offs, mask=du_mask, other=0.0).to(tl.float32)
+                du_m = du_m0 + w1 * (du_g - du_m0)
+                du_p = tl.load(p_ptr + du_offs, mask=du_mask, other=0.0).to(tl.float32) * decay + du_m * d_scale[None, :]
+                tl.store(m_ptr + du_offs, du_m.to(out_ty), mask=du_mask)
+                tl.store(p_ptr + du_offs, du_p.to(out_ty), mask=du_mask)
 
 
 def interpreting() -> bool:
@@ -232,6 +240,7 @@ def kernel() -> Any:
 
         k = _kernels[mode] = triton.jit(_slimadam_kernel, do_not_specialize=["n_tensors"])
     return k
+
 
 
 def _device_ok(t: Tensor) -> bool:
@@ -307,7 +316,7 @@ def _launch(lists: Lists, hp: AdamHyper, scratch: dict) -> bool:
         return False
     specializations.add((interpreting(), dtype, tuple(sorted(const.items()))))
     try:
-        kernel()[(n_programs,)](base, meta_t, starts, coeffs, len(params), **const)
+        kernel()[(n_programs,)](base, meta_t, starts, coeffs, len(params), **const, **COMPILE_OPTIONS)
     except Exception as e:  # noqa: BLE001 -- a compile failure means "the next backend", never a crash
         if interpreting():
             raise  # under the interpreter a failure is a bug in this file, not a missing toolchain
