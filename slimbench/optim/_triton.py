@@ -38,8 +38,8 @@ K a contiguous range of dims; not a tensor that would be a few long serial progr
 than 2^16 entries in fewer than 8 rows, e.g. K = all dims of a big weight: the compiled backend splits that
 reduction across programs). The rest goes to the next backend.
 
-Not measured on a GPU: the kernel has run only under the interpreter on CPU tensors (tests/test_triton.py).
-The block sizes are first guesses, and a few huge fan_out tensors give few programs (one per BLOCK_C
+Not measured on a GPU: the kernel has run only under the interpreter on CPU tensors, and been compiled
+ahead of time to an sm_90 cubin on a CPU machine (tests/test_triton.py). The block sizes are first guesses, and a few huge fan_out tensors give few programs (one per BLOCK_C
 columns); a split-R variant is left until it can be timed.
 """
 from __future__ import annotations
@@ -58,7 +58,6 @@ __all__ = ["TRITON", "TRITON_STRICT", "available", "can_take", "interpreting", "
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 META = 8  # int64 fields per tensor: p, g, m, v offsets; O, R, I; kind
-P_OFF, G_OFF, M_OFF, V_OFF, O_, R_, I_, KIND = range(META)
 # Block sizes: first guesses, not tuned on a GPU. Powers of two; tests shrink them to reach every loop.
 TILE = 2048  # entries per program tile (kinds 1 and 2)
 BLOCK_E = 1024  # most entries per program of kind 0
@@ -89,7 +88,7 @@ def _slimadam_kernel(base, meta, starts, coeffs, n_tensors, LOG_N: tl.constexpr,
         hi = tl.where(go, hi, mid)
     t = lo
     j = pid - tl.load(starts + t)
-    row = meta + t * 8
+    row = meta + t * 8  # META fields
     p_ptr = base + tl.load(row + 0)
     g_ptr = base + tl.load(row + 1)
     m_ptr = base + tl.load(row + 2)
@@ -240,7 +239,6 @@ def kernel() -> Any:
 
         k = _kernels[mode] = triton.jit(_slimadam_kernel, do_not_specialize=["n_tensors"])
     return k
-
 
 
 def _device_ok(t: Tensor) -> bool:
