@@ -15,8 +15,10 @@ FUSED_DOC = """fused: do each group's whole update in as few passes over memory 
             ranks whose K includes the sharded dim run the foreach path (one warning). Cannot be combined
             with ``foreach=True``. Default None (off)."""
 
-FUSED_BACKEND_DOC = """fused_backend: ``"auto"`` (native kernel where it applies, else torch.compile) or
-            ``"compile"`` (torch.compile only, e.g. to compare the two). Default ``"auto"``."""
+FUSED_BACKEND_DOC = """fused_backend: ``"auto"`` (the native CPU kernel where it applies, the Triton kernel for CUDA
+            tensors when Triton imports, else torch.compile), ``"triton"`` (the Triton kernel only; on CPU
+            only under ``TRITON_INTERPRET=1``) or ``"compile"`` (torch.compile only, e.g. to compare). Default
+            ``"auto"``."""
 
 MAXIMIZE_DOC = """maximize: maximize the objective instead of minimizing (default False)."""
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from slimbench.optim import _native
+from slimbench.optim import _native, _triton
 from slimbench.optim._triton import TRITON, TRITON_STRICT
 from slimbench.optim._backends import Backend, Lists, _warned, subset, warn_once
 from slimbench.optim._compiled import COMPILED, _broken, _kernels
@@ -190,6 +190,8 @@ def clear_cache() -> None:
     _kernels.clear()
     _broken.clear()
     _warned.clear()
+    _triton._broken.clear()
+    _triton.specializations.clear()
 
 
 def _warn_once(msg: str) -> None:
