@@ -239,8 +239,42 @@ def checkpoint_resume(path: str, steps: int = 3, total: int = 6) -> dict:
     return {"err": max_err(ref, ref_opt, m, opt)}
 
 
+# (label, registry name, SlimAdam rules): the paper's (V replicated where K has the sharded dim 0) and one
+# whose K never has dim 0 but for one weight (V Shard(0) like the parameter)
+SHARDED_AUDIT = (("adamw", "adamw", None), ("slimadam paper", "slimadam", "paper"),
+                 ("slimadam local K", "slimadam", {"conv.weight": [1, 2, 3], "up_proj.weight": "fan_in",
+                                                   "v_proj.weight": "fan_in", "down_proj.weight": [0]}),
+                 ("adalayer", "adalayer", None))
+
+
+def check_audit_per_rank() -> dict:
+    """Measured per-rank ledger of each optimizer after one FSDP2 step vs the audit's per-rank arithmetic
+    (from the unsharded meta-device state): {label: (measured, predicted, all ranks predicted, verified)}
+    for this rank, plus this rank's ledger entries where they differ, to point at the culprit."""
+    from slimbench.memory.audit import audit
+    from slimbench.memory.ledger import optimizer_ledger
+    from slimbench.registry import build_optimizer
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out: dict = {}
+    for label, name, rules in SHARDED_AUDIT:
+        with torch.device("meta"):
+            meta = Net()
+        row = audit(meta, [name], rules=rules, dtype=torch.float64, world_size=world).row(name)
+        torch.manual_seed(0)
+        m = sharded_copy(Net().double())
+        opt = build_optimizer(name, m, **({"rules": rules} if rules else {}))
+        loss_fn(m, 0).backward()
+        opt.step()
+        ledger = optimizer_ledger(opt, m)
+        out[label] = (ledger.state_bytes, row.sharded.per_rank[rank], row.sharded.per_rank, row.sharded.verified)
+        if ledger.state_bytes != row.sharded.per_rank[rank]:
+            out[f"{label} entries"] = [e.to_dict() for e in ledger.entries]
+    return out
+
+
 CHECKS = {"fsdp": lambda: check_equivalence("fsdp"), "ddp": lambda: check_equivalence("ddp"),
-          "fsdp-quick": lambda: check_equivalence("fsdp", quick=True), "collectives": count_collectives, "snr": check_snr,
+          "fsdp-quick": lambda: check_equivalence("fsdp", quick=True), "collectives": count_collectives, "snr": check_snr, "audit": check_audit_per_rank,
           "ckpt-save": checkpoint_save, "ckpt-resume": checkpoint_resume}
 
 

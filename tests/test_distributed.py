@@ -3,7 +3,8 @@ groups of 2, 3 and 4 ranks on 127.0.0.1: each equals one process to 1e-12 in fp6
 (tests/dist_worker.py holds the workers; one spawn per world size runs every check).
 
 The default run spawns 3 ranks once (uneven and empty tail shards) for the paper rules and four K of the
-4-D weight on every path, AdaLayer, groups + schedule, the collective count and the SNR tracker (20 s
+4-D weight on every path, AdaLayer, groups + schedule, the collective count, the SNR tracker and the
+per-rank audit (`audit --world-size`: its arithmetic == each rank's measured ledger, to the byte) (20 s
 on a quiet 2-core machine, 40 s busy). The full matrix, every K of the 2-D and 4-D weights, FSDP2 and DDP
 at 2, 3 and 4 ranks (about 4 minutes in all), and the checkpoint round trip (3 spawns, 30-80 s) are
 marked ``distributed`` and run by ``.ci/run``: ``python -m pytest -m distributed tests/test_distributed.py``."""
@@ -41,8 +42,8 @@ def spawn(world: int, checks: list[str], tmp_path: Path) -> list[dict]:
 
 
 _cache: dict[tuple, list[dict]] = {}
-FULL = ("fsdp", "ddp", "collectives")
-QUICK = ("fsdp-quick", "collectives", "snr")
+FULL = ("fsdp", "ddp", "collectives", "audit")
+QUICK = ("fsdp-quick", "collectives", "snr", "audit")
 
 
 def results(world: int, checks: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
@@ -88,6 +89,26 @@ def test_sharded_equals_one_process(world: int, mode: str, tmp_path_factory: pyt
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_one_all_reduce_per_step_when_k_crosses_ranks(world: int, tmp_path_factory: pytest.TempPathFactory) -> None:
     assert_collectives(results(world, FULL, tmp_path_factory))
+
+
+@pytest.mark.parametrize("world", [3, pytest.param(2, marks=pytest.mark.distributed),
+                                   pytest.param(4, marks=pytest.mark.distributed)])
+def test_audit_per_rank_equals_measured_ledger(world: int, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`audit --world-size`'s arithmetic (meta device, no process group) == each rank's measured ledger after
+    one FSDP2 step, to the byte: AdamW, SlimAdam (paper rules: replicated V's; a local K: Shard(0) V's),
+    AdaLayer. At 3 ranks the shards are uneven and some empty, so the ranks' bytes differ."""
+    res = results(world, QUICK if world == 3 else FULL, tmp_path_factory)
+    labels = [label for label, _, _ in dist_worker.SHARDED_AUDIT]
+    predicted = {label: res[0]["audit"][label][2] for label in labels}
+    for rank, r in enumerate(res):
+        a = r["audit"]
+        for label in labels:
+            measured, pred, all_ranks, verified = a[label]
+            assert measured == pred, (rank, label, measured, pred, a.get(f"{label} entries"))
+            assert all_ranks == predicted[label] and len(all_ranks) == world, (rank, label, all_ranks)
+            assert verified, f"{label}: its registry spec must say sharded=True"
+    if world == 3:
+        assert all(len(set(p)) > 1 for p in predicted.values()), predicted  # uneven shards were exercised
 
 
 @pytest.mark.distributed

@@ -14,6 +14,9 @@ step on meta, or whose package is missing, is skipped with the reason; the audit
 SlimAdam also gets an intent-vs-reality audit: the rule each parameter got, the V shape that rule means,
 the V shape actually held, and which parameters fell back to full Adam (1-D by design, no rule matched,
 a fused QKV weight left uncompressed).
+
+With ``world_size`` the audit also predicts each rank's state bytes under FSDP2 (``fully_shard``), by exact
+arithmetic on the measured state (:mod:`slimbench.memory.sharded`); still nothing is allocated.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from slimbench.env import provenance
 from slimbench.memory.ledger import Ledger, optimizer_ledger
 from slimbench.memory.presets import build_model, preset_info
+from slimbench.memory.sharded import RankBytes, param_bytes_per_rank, predict
 from slimbench.registry import OptimizerUnavailable, build_optimizer, get_spec
 from slimbench.rules import RulesLike, fingerprint, load_rules
 
@@ -106,11 +110,18 @@ class AuditRow:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # warnings the optimizer emitted, derived settings
     intent: list[IntentRow] = field(default_factory=list)  # SlimAdam only: rule vs state, per parameter
+    v_dims: dict[str, tuple[int, ...]] | None = None  # SlimAdam only: K per parameter (places V under FSDP2)
+    unshardable: list[str] = field(default_factory=list)  # parameters this optimizer refuses when sharded
+    sharded: RankBytes | None = None  # per-rank prediction, when the audit has a world size
 
     def totals(self) -> dict:
         out: dict[str, Any] = {"optimizer": self.optimizer, "status": self.status, "method": self.method,
                                "reason": self.reason, "vs_adamw": self.vs_adamw, "seconds": self.seconds,
                                "notes": list(self.notes)}
+        if self.sharded is not None:
+            out["sharded"] = self.sharded.to_dict()
+        elif self.unshardable:
+            out["sharded"] = {"refused": list(self.unshardable)}
         if self.ledger is not None:
             t = self.ledger.totals()
             out.update({k: t[k] for k in ("state_bytes", "param_bytes", "ratio", "second_moments",
@@ -140,6 +151,8 @@ class AuditResult:
     rules: str | None  # fingerprint of SlimAdam's rules
     seconds: float
     provenance: dict
+    world_size: int | None = None  # ranks of the FSDP2 prediction (None: no sharded prediction)
+    param_bytes_per_rank: list[int] = field(default_factory=list)
 
     def row(self, name: str) -> AuditRow:
         return next(r for r in self.rows if r.optimizer == name)
@@ -161,6 +174,8 @@ class AuditResult:
         out = {"format": AUDIT_FORMAT, "version": AUDIT_VERSION, "model": self.model, "model_info": self.model_info,
                "dtype": self.dtype, "param_numel": self.param_numel, "param_bytes": self.param_bytes,
                "rules": self.rules, "seconds": self.seconds,
+               **({"world_size": self.world_size, "param_bytes_per_rank": self.param_bytes_per_rank}
+                  if self.world_size else {}),
                "optimizers": [r.to_dict(details) for r in self.rows]}
         if self.intent:
             out["slimadam_intent"] = {"summary": self.intent_summary(),
@@ -223,6 +238,8 @@ def _measure(name: str, model: str | nn.Module, dtype: torch.dtype, rules: Rules
         row = AuditRow(name, "ok", method, ledger=ledger, seconds=time.perf_counter() - t0, notes=notes)
         if name == "slimadam":
             row.intent = slimadam_intent(opt, ledger)
+            row.v_dims = {n: tuple(a.dims) for n, a in opt.assignments.items()}
+            row.unshardable = [n for n, a in opt.assignments.items() if a.blocks]
         return row
     return AuditRow(name, "skipped", reason=f"cannot step on the meta device ({last_error}); no analytic "
                     "count is kept for it", seconds=time.perf_counter() - t0)
@@ -256,7 +273,7 @@ def slimadam_intent(opt: Any, ledger: Ledger) -> list[IntentRow]:
 
 def audit(model: str | nn.Module = "gpt2-small", optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, *,
           rules: RulesLike = None, dtype: torch.dtype = torch.float32,
-          extra: dict[str, dict[str, Any]] | None = None) -> AuditResult:
+          extra: dict[str, dict[str, Any]] | None = None, world_size: int | None = None) -> AuditResult:
     """Audit the optimizer state of ``model`` for each optimizer, on the meta device.
 
     Args:
@@ -265,10 +282,14 @@ def audit(model: str | nn.Module = "gpt2-small", optimizers: Sequence[str] = DEF
         rules: SlimAdam rules (None: the registry default, the paper's rules).
         dtype: parameter dtype (state follows it; step counters stay fp32).
         extra: per-optimizer keyword arguments, e.g. ``{"galore": {"rank": 256}}``.
+        world_size: also predict per-rank state bytes under FSDP2 over this many ranks (each row's
+            ``sharded``; verified for specs with ``sharded=True``, a prediction for the others).
 
     AdamW is always measured as the reference for ``vs_adamw`` (listed only if asked for).
     """
     t0 = time.perf_counter()
+    if world_size is not None and (isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1):
+        raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}")
     for name in optimizers:
         get_spec(name)  # unknown names fail before any work
     if isinstance(rules, (str, os.PathLike)) and rules != "paper":
@@ -284,10 +305,18 @@ def audit(model: str | nn.Module = "gpt2-small", optimizers: Sequence[str] = DEF
     m = _meta_model(model, dtype)
     params = [p for p in m.parameters()]
     param_bytes = sum(p.numel() * p.element_size() for p in params)
+    per_rank_params: list[int] = []
+    if world_size is not None:
+        shapes = {n: tuple(p.shape) for n, p in m.named_parameters()}
+        per_rank_params = param_bytes_per_rank(shapes, params[0].element_size() if params else 4, world_size)
+        for r in rows.values():
+            if r.ledger is not None and not r.unshardable:
+                r.sharded = predict(r.ledger, shapes, world_size, optimizer=r.optimizer,
+                                    verified=get_spec(r.optimizer).sharded, v_dims=r.v_dims)
     intent = rows["slimadam"].intent if "slimadam" in rows else []
     info = preset_info(model) if isinstance(model, str) else {"name": type(model).__name__}
     return AuditResult(model if isinstance(model, str) else type(model).__name__, info,
                        str(dtype).removeprefix("torch."), sum(p.numel() for p in params), param_bytes,
                        [rows[n] for n in names], intent,
                        fingerprint(rules if rules is not None else "paper") if "slimadam" in names else None,
-                       time.perf_counter() - t0, provenance("meta"))
+                       time.perf_counter() - t0, provenance("meta"), world_size, per_rank_params)

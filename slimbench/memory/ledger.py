@@ -48,6 +48,11 @@ from torch import Tensor, nn
 
 from slimbench.registry import REGISTRY
 
+try:  # torch >= 2.4
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # pragma: no cover - no torch.distributed: nothing is sharded
+    _DTensor = None
+
 # Classes no registry entry builds that users pass to the ledger directly (pytorch-optimizer's own
 # Adafactor and Adam-mini ports); registry classes are declared by their specs.
 _UNREGISTERED_KEYS: dict[str, tuple[str, ...]] = {
@@ -85,11 +90,13 @@ class LedgerEntry:
     bytes: int  # storage bytes charged to this entry (0 when ``shared``)
     second_moment: bool
     shared: bool = False  # its storage was already counted (another entry, or a parameter)
+    placement: str = ""  # a DTensor's placements, e.g. "Shard(dim=0)"; "" for a plain tensor
 
     def to_dict(self) -> dict:
         return {"param": self.param, "key": self.key, "shape": list(self.shape), "dtype": self.dtype,
                 "device": self.device, "numel": self.numel, "bytes": self.bytes,
-                "second_moment": self.second_moment, "shared": self.shared}
+                "second_moment": self.second_moment, "shared": self.shared,
+                **({"placement": self.placement} if self.placement else {})}
 
 
 @dataclass
@@ -154,13 +161,27 @@ class Ledger:
         return {**self.totals(), "entries": [e.to_dict() for e in self.entries]}
 
 
+def _local(t: Tensor) -> Tensor:
+    """This rank's shard of a DTensor (what it holds in memory); a plain tensor itself."""
+    return t._local_tensor if _is_dtensor(t) else t
+
+
+def _is_dtensor(t: object) -> bool:
+    return _DTensor is not None and isinstance(t, _DTensor)
+
+
+def _placement(t: Tensor) -> str:
+    return ",".join(str(p) for p in t.placements) if _is_dtensor(t) else ""
+
+
 def storage_key(t: Tensor) -> int:
-    """Identity of a tensor's storage; works on meta (where every data_ptr is 0)."""
-    return t.untyped_storage()._cdata
+    """Identity of a tensor's storage (a DTensor's local shard); works on meta (every data_ptr is 0)."""
+    return _local(t).untyped_storage()._cdata
 
 
 def storage_bytes(t: Tensor) -> int:
-    return t.untyped_storage().nbytes()
+    """Bytes of the storage behind ``t`` on this rank (a DTensor: its local shard's)."""
+    return _local(t).untyped_storage().nbytes()
 
 
 def _walk(obj: Any, path: str, seen_objs: set[int]) -> Iterable[tuple[str, Any]]:
@@ -231,7 +252,7 @@ def optimizer_ledger(optimizer: torch.optim.Optimizer, names: Mapping[str, Tenso
             if any(p is q for q in params):
                 continue
             params.append(p)
-            param_numel += p.numel()
+            param_numel += _local(p).numel()
             k = storage_key(p)
             if k not in seen:
                 seen.add(k)
@@ -253,9 +274,10 @@ def optimizer_ledger(optimizer: torch.optim.Optimizer, names: Mapping[str, Tenso
             seen.add(k)
             top = path.split(".")[0].split("[")[0]
             devices.add(leaf.device.type)
-            entries.append(LedgerEntry(owner, path, tuple(leaf.shape), str(leaf.dtype).removeprefix("torch."),
-                                       str(leaf.device), leaf.numel(), 0 if shared else storage_bytes(leaf),
-                                       _matches(top, sm_keys) and path == top, shared))
+            lt = _local(leaf)
+            entries.append(LedgerEntry(owner, path, tuple(lt.shape), str(lt.dtype).removeprefix("torch."),
+                                       str(lt.device), lt.numel(), 0 if shared else storage_bytes(leaf),
+                                       _matches(top, sm_keys) and path == top, shared, _placement(leaf)))
 
     def owner_of(p: Any) -> str:
         return id_to_name.get(id(p)) or (f"param{index[id(p)]}" if id(p) in index else "<unknown>")

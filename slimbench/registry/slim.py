@@ -47,12 +47,14 @@ _SLIMADAM_ERRORS = (
 SPECS: tuple[OptimizerSpec, ...] = (
     OptimizerSpec("slimadam", _slimadam, "SlimAdam: V averaged over per-layer dims K (paper rules by default)",
                   "slim", foreach=True, fused=True, needs_names=True, uses_rules=True,
+                  sharded=True,  # tests/test_distributed.py: FSDP2 == one process; per-rank ledger == audit
                   default_rules=SLIMADAM_DEFAULT_RULES, state_class="slimbench.SlimAdam",
                   second_moment_keys=("exp_avg_sq",),  # at its reduced shape: K dims of size 1
                   state_rule="exp_avg (param shape) + exp_avg_sq (K dims of size 1) + 0-d step",
                   transient_budget=(1.0, 3.0), extras=("eps", "maximize", "fused_backend"),
                   own_error_inputs=_SLIMADAM_ERRORS),
     OptimizerSpec("adalayer", _adalayer, "AdaLayer: one V per tensor (Zhao et al. 2024)", "slim", foreach=True,
+                  sharded=True,  # tests/test_distributed.py: FSDP2 == one process; per-rank ledger == audit
                   state_class="slimbench.AdaLayer", second_moment_keys=("exp_avg_sq",),  # 0-d
                   state_rule="exp_avg (param shape) + 0-d exp_avg_sq + 0-d step", transient_budget=(1.0, 3.0),
                   extras=("eps",)),

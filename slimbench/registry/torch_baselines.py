@@ -50,6 +50,7 @@ _ADAM_STATE = "exp_avg + exp_avg_sq (param shape each) + 0-d step"
 SPECS: tuple[OptimizerSpec, ...] = (
     OptimizerSpec("adamw", _adamw, "torch.optim.AdamW (decoupled weight decay)", "adam", foreach=True, fused=True,
                   state_class="torch.AdamW", second_moment_keys=("exp_avg_sq",), state_rule=_ADAM_STATE,
+                  sharded=True,  # tests/test_distributed.py: FSDP2 per-rank ledger == the audit's arithmetic
                   sensible_lr=1e-2, transient_budget=(1.0, 3.0), extras=("eps", "amsgrad", "maximize")),
     OptimizerSpec("adam", _adam, "torch.optim.Adam (L2 weight decay)", "adam", foreach=True, fused=True,
                   state_class="torch.Adam", second_moment_keys=("exp_avg_sq",), state_rule=_ADAM_STATE,
