@@ -7,7 +7,8 @@ The default run spawns 3 ranks once (uneven and empty tail shards) for the paper
 per-rank audit (`audit --world-size`: its arithmetic == each rank's measured ledger, to the byte) (20 s
 on a quiet 2-core machine, 40 s busy). The full matrix, every K of the 2-D and 4-D weights, FSDP2 and DDP
 at 2, 3 and 4 ranks (about 4 minutes in all), and the checkpoint round trip (3 spawns, 30-80 s) are
-marked ``distributed`` and run by ``.ci/run``: ``python -m pytest -m distributed tests/test_distributed.py``."""
+marked ``distributed`` and run by ``.ci/run``: ``python -m pytest -m distributed tests/test_distributed.py``.
+So is the torchrun run of ``slimbench run --fsdp`` against the one-process run (3 ranks, about 15 s)."""
 from __future__ import annotations
 
 import socket
@@ -121,3 +122,52 @@ def test_checkpoint_saved_on_2_ranks_resumes_on_3_and_on_1(tmp_path: Path) -> No
         res = spawn(world, [f"ckpt-resume:{ckpt}"], tmp_path / f"load{world}")
         for rank, r in enumerate(res):
             assert r["ckpt-resume"]["err"] <= 1e-12, (world, rank, r)
+
+
+@pytest.mark.distributed
+def test_torchrun_fsdp_run_matches_one_process(tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node 3 -m slimbench run ... --fsdp` (gloo on CPU) trains the tiny gpt task sharded:
+    rank 0 writes one result per run, named and configured with the world size, whose losses equal the
+    one-process run's within fp32 tolerance (the same batches on every rank: FSDP2 averages equal grads)."""
+    import json
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    args = ["-m", "slimbench", "run", "--task", "gpt", "--optimizers", "slimadam,adamw", "--steps", "12",
+            "--no-progress"]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3",
+                              *args, "--out", str(tmp_path / "fsdp"), "--fsdp"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    files = sorted((tmp_path / "fsdp").glob("*.json"))
+    assert len(files) == 2 and all(f.stem.endswith("_fsdp3") for f in files), [f.name for f in files]
+    for f in files:
+        a = json.loads(f.read_text())
+        b = json.loads((tmp_path / "one" / f.name.replace("_fsdp3", "")).read_text())
+        assert a["config"]["fsdp"] == 3 and "fsdp" not in b["config"]
+        assert a["env"]["world_size"] == 3 and a["env"]["backend"] == "gloo"
+        per_rank = a["memory"]["per_rank_state_bytes"]
+        assert len(per_rank) == 3 and per_rank[0] == a["memory"]["state_bytes"] < b["memory"]["state_bytes"]
+        assert len(a["train_loss"]) == len(b["train_loss"]) == 12
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6), f.name
+        assert [v["loss"] for v in a["val"]] == pytest.approx([v["loss"] for v in b["val"]], rel=1e-5), f.name
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), f.name
+
+
+@pytest.mark.parametrize("extra, message", [([], "--fsdp needs torchrun's environment"),
+                                            (["--print-commands"], "does not go with --print-commands")])
+def test_fsdp_outside_torchrun_is_one_line(extra: list[str], message: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from slimbench.cli import main
+
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    assert main(["run", "--task", "gpt", "--steps", "1", "--out", str(tmp_path), "--fsdp", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not list(tmp_path.glob("*.json"))

@@ -62,6 +62,7 @@ class RunConfig:
     rules: str | None = None  # None, "paper", or a rules file (see slimbench.rules)
     overrides: Mapping[str, Any] = field(default_factory=dict)
     divergence_factor: float = DEFAULT_DIVERGENCE_FACTOR  # train loss > factor x the first loss ends the run
+    fsdp: int = 0  # world size of a run under FSDP2 (torchrun ... run --fsdp); 0: one process, not sharded
 
     def __post_init__(self):
         for name in ("task", "optimizer", "preset"):
@@ -80,6 +81,8 @@ class RunConfig:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
         if not self.optimizer or not self.task:
             raise ValueError("task and optimizer must be non-empty names")
+        if not _is_int(self.fsdp) or self.fsdp < 0:
+            raise ValueError(f"fsdp must be a world size (an int >= 1) or 0 (not sharded), got {self.fsdp!r}")
         if not self.divergence_factor > 1:
             raise ValueError(f"divergence_factor must be > 1, got {self.divergence_factor!r}")
         object.__setattr__(self, "lr", float(self.lr))
@@ -97,10 +100,13 @@ class RunConfig:
                           sort_keys=True)
         parts = [self.task, self.preset, self.optimizer, f"lr{self.lr!r}", f"seed{self.seed}",
                  f"rules-{self.rules_fingerprint()}", hashlib.sha256(rest.encode()).hexdigest()[:8]]
+        if self.fsdp:  # a sharded run is its own file (unsharded ids are unchanged)
+            parts.append(f"fsdp{self.fsdp}")
         return re.sub(r"[^A-Za-z0-9._+=-]", "-", "_".join(parts))
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Every field; ``fsdp`` only when set, so unsharded result files read as they always did."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "fsdp" or self.fsdp}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:

@@ -18,6 +18,10 @@ step; validation excluded), the validation loss at step 0, every ``eval_every`` 
 the optimizer-state ledger after the first step, ``task.describe()`` and the environment.
 A run is deterministic given (config, torch thread count): the model comes from the seed, batch ``step``
 from (seed, step), and nothing else draws random numbers.
+
+``config.fsdp = N`` trains the model sharded by FSDP2 over the N ranks of the current process group
+(:mod:`slimbench.bench.fsdp`; every rank runs this same loop on the same batches). The ledger is rank 0's
+local shards, ``memory["per_rank_state_bytes"]`` every rank's, and ``env`` records the world size.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from datetime import datetime, timezone
 import torch
 from torch import nn
 
+from slimbench.bench import fsdp as _fsdp
 from slimbench.bench.results import RunConfig, RunResult
 from slimbench.env import provenance
 from slimbench.memory.ledger import optimizer_ledger
@@ -73,6 +78,8 @@ def run(config: RunConfig, *, optimizer_factory: OptimizerFactory | None = None,
     t_start = time.perf_counter()
     task = build_task(config.task, config.preset, config.seed, **config.overrides)
     spec, model = task.spec, task.model
+    if config.fsdp:
+        _fsdp.shard(model, config.fsdp)
     optimizer = _build_optimizer(config, model, spec, optimizer_factory or build_optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, spec.lr_factor)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -103,7 +110,7 @@ def run(config: RunConfig, *, optimizer_factory: OptimizerFactory | None = None,
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm.append(float(nn.utils.clip_grad_norm_(params, spec.grad_clip)))
+        grad_norm.append(_fsdp.full_value(nn.utils.clip_grad_norm_(params, spec.grad_clip)))
         try:
             optimizer.step()
         except RuntimeError as e:  # e.g. lr=1e300: the step itself overflows. That run can only diverge, and
@@ -119,6 +126,8 @@ def run(config: RunConfig, *, optimizer_factory: OptimizerFactory | None = None,
         step_time.append(time.perf_counter() - t0)
         if step == 0:
             memory = (ledger_fn or state_ledger)(optimizer, model)
+            if config.fsdp:
+                memory["per_rank_state_bytes"] = _fsdp.gather_ints(memory.get("state_bytes", 0))
         if on_step:
             on_step(config, step, value)
     else:
@@ -128,6 +137,8 @@ def run(config: RunConfig, *, optimizer_factory: OptimizerFactory | None = None,
                       "lr": config.lr, "betas": list(spec.betas), "weight_decay": spec.weight_decay,
                       "rules": config.rules, "rules_fingerprint": config.rules_fingerprint()}
     env = {**provenance(), "seed": config.seed, "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+    if config.fsdp:
+        env.update(world_size=config.fsdp, fsdp=True, backend=str(torch.distributed.get_backend()))
     return RunResult(config=config, status="diverged" if divergence else "finished", train_loss=train_loss,
                      val=val, grad_norm=grad_norm, lr=lrs, step_time_s=step_time, memory=memory,
                      optimizer=optimizer_info, task=task.describe(), env=env,

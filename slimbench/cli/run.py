@@ -7,6 +7,7 @@ Examples:
     python -m slimbench run ... --print-commands | xargs -d '\n' -P 2 -I{} sh -c {}
     python -m slimbench run ... --commands-file jobs.txt     # then one job per line (e.g. a Slurm array)
     python -m slimbench run --list-tasks
+    torchrun --nproc_per_node 2 -m slimbench run --task gpt --optimizers slimadam --fsdp   # sharded (FSDP2)
 
 Rerunning the same command skips runs whose result file exists; Ctrl-C keeps every finished run.
 Printed commands are one per line, every argument shell-quoted (any --out path is safe), and carry the
@@ -17,11 +18,14 @@ traceback), 2 bad input or a result that could not be written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import torch
 from tabulate import tabulate
 
+from slimbench.bench import fsdp as _fsdp
+from slimbench.bench import runner as _runner
 from slimbench.bench import sweep as _sweep
 from slimbench.io import write_atomic
 from slimbench.modelspec import parse_value
@@ -75,6 +79,9 @@ def add_parser(subparsers) -> None:
                    help="print one shell command per pending run, one per line (for a scheduler) and exit")
     p.add_argument("--commands-file", metavar="FILE",
                    help="write those commands to FILE (atomically) instead of printing them, and exit")
+    p.add_argument("--fsdp", action="store_true",
+                   help="train sharded by FSDP2 over torchrun's ranks (gloo on CPU, NCCL on GPU); rank 0 writes "
+                   "the results, whose run id and config record the world size")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first run that raises")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-tasks", action="store_true", help="list tasks and presets and exit")
@@ -93,6 +100,20 @@ def _list_tasks() -> int:
 
 def _fmt(x, spec=".4f"):
     return "-" if x is None else format(x, spec)
+
+
+def _follow(runs: list, out: str) -> int:
+    """Ranks > 0 of an --fsdp sweep: train the same pending runs in step with rank 0, which writes the files
+    and prints the summary; a run failing here is reported on stderr with the rank."""
+    _, pending = _sweep.split_done(runs, out)  # before rank 0 can write any (its first run needs this rank)
+    failed = 0
+    for cfg in pending:
+        try:
+            _runner.run(cfg)
+        except Exception as e:  # noqa: BLE001 - reported; rank 0 reports its own view of the same run
+            failed += 1
+            print(f"rank {_fsdp.rank()}: run failed: {cfg.run_id}: {type(e).__name__}: {e}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,6 +135,27 @@ def run(args: argparse.Namespace) -> int:
                                 divergence_factor=args.divergence_factor)
     out = args.out or f"results/runs/{args.task}-{args.preset}"
     runs = config.runs()
+
+    def runs_of(world: int) -> list:
+        return [dataclasses.replace(c, fsdp=world) for c in runs]
+
+    if args.fsdp:
+        if args.print_commands or args.commands_file or args.executor != "local":
+            raise ValueError("--fsdp runs in the processes torchrun starts; it does not go with --print-commands, "
+                             "--commands-file or --executor submitit (launch torchrun from your scheduler instead)")
+        world = _fsdp.init_from_env()
+        ok = False
+        try:
+            rc = _follow(runs_of(world), out) if _fsdp.rank() != 0 else _sweep_and_report(args, runs_of(world), out)
+            ok = True
+            return rc
+        finally:
+            _fsdp.finish(ok)
+    return _sweep_and_report(args, runs, out)
+
+
+def _sweep_and_report(args: argparse.Namespace, runs: list, out: str) -> int:
+    """Run (or print the commands of) the pending runs of ``runs`` into ``out``; print the summary."""
     done, pending = _sweep.split_done(runs, out)
     if args.print_commands or args.commands_file:
         lines = _sweep.commands(pending, out, threads=torch.get_num_threads())
@@ -127,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     print(f"{len(runs)} runs -> {out}: {len(done)} already done, {len(pending)} to run", file=sys.stderr)
-    steps = get_spec(args.task, args.preset, **overrides).steps
+    steps = get_spec(args.task, args.preset, **dict(runs[0].overrides)).steps if runs else 0
     bar = None
     if pending and not args.no_progress:
         from tqdm import tqdm
