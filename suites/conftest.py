@@ -28,12 +28,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--slimbench-threads", type=int, default=1,
                     help="torch threads for the whole session (default: 1; 0 = torch's default); "
                          "recorded in extra_info")
+    group.addoption("--slimbench-gpu-sizes", action="store_true", default=False,
+                    help="also run the fused suite's ~0.1B/0.5B/1B cases (marker 'gpu_size'; tens of GB of "
+                         "device memory, meant for suites/gpu_check.sh)")
     group.addoption("--slimbench-runs-dir", default=None,
                     help="also save every training-suite run as a slimbench.run file here (for the report's curves)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "large: big benchmark case, run only with --slimbench-large (or -m large)")
+    config.addinivalue_line("markers", "gpu_size: ~0.1-1B fused-suite case, run only with --slimbench-gpu-sizes")
     # One thread by default: on shared cores, OpenMP workers of small CPU kernels wait on each other and
     # a 2-thread step measured here ran 5-20x slower than a 1-thread one, in bursts; pinned, runs are
     # comparable across machines, and training losses are reproducible (reduction order).
@@ -47,12 +51,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--slimbench-large") or "large" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="large case: run with --slimbench-large")
+    # The GPU sizes are opt-in only by their own option: `-m large` must not start a 1B case on a laptop.
+    gpu_sizes = config.getoption("--slimbench-gpu-sizes", default=False)
+    large = config.getoption("--slimbench-large") or "large" in (config.getoption("markexpr") or "")
+    skip_large = pytest.mark.skip(reason="large case: run with --slimbench-large")
+    skip_gpu = pytest.mark.skip(reason="GPU-size case: run with --slimbench-gpu-sizes")
     for item in items:
-        if "large" in item.keywords:
-            item.add_marker(skip)
+        if "gpu_size" in item.keywords and not gpu_sizes:
+            item.add_marker(skip_gpu)
+        elif "large" in item.keywords and not large:
+            item.add_marker(skip_large)
 
 
 @pytest.fixture(scope="session")

@@ -4,14 +4,16 @@
     pytest suites/test_bench_fused.py --slimbench-large ...                           # + ~30M params
     pytest suites/test_bench_fused.py --slimbench-threads 2 ...                       # the issue's 2 threads
     pytest suites/test_bench_fused.py --slimbench-device cuda ...                     # same code on a GPU
+    pytest suites/test_bench_fused.py --slimbench-gpu-sizes -m gpu_size ...          # ~0.1B/0.5B/1B (a GPU's)
 
 About 2 minutes by default on 2 shared cores (most of it the fused path's cold compiles), 3-4 more with
 the 30M case. Threads: the suites' default is 1 (suites/conftest.py), recorded as ``threads``.
 
 Cases: GPT-style parameter sets (:class:`slimbench.tasks.models.GPT`, tied head, SlimAdam with the paper's
-rules) of 1.08M, 4.26M (the issue's reference point) and 29.6M parameters, and six optimizer paths:
+rules) of 1.08M, 4.26M (the issue's reference point) and 29.6M parameters (and, opt-in with
+``--slimbench-gpu-sizes``, ~0.09B, ~0.48B and ~1.0B with the four fused / foreach paths), and six paths:
 AdamW fused / foreach, SlimAdam for-loop / foreach / fused (the default fused backend: the native C
-kernel on CPU, torch.compile on GPU) / compiled (``fused_backend="compile"``: torch.compile everywhere).
+kernel on CPU, Triton where it imports, else torch.compile, on GPU) / compiled (``fused_backend="compile"``: torch.compile everywhere).
 Hyperparameters: lr 1e-3, betas (0.9, 0.95), weight decay 0.1; gradients drawn once per size
 (N(0, 1e-3^2)).
 
@@ -32,6 +34,10 @@ rounds (its step time does not depend on the step count).
     5nb + 2 n_V b. (Implementations move more: the native kernel re-reads g for a fan_out block from
     cache, or from memory when the block outgrows the cache; the compiled SlimAdam reads g twice; foreach
     paths write and re-read temporaries. Effective bandwidth shows that cost.)
+  * roofline: ``bytes_per_param`` (the byte model above over the parameter count: 28 for fp32 AdamW),
+    ``copy_GBps`` (a ``dst.copy_(src)`` moving as many bytes as the path's step, capped at 4 GiB, timed
+    in the same interleaved rounds as the steps, minimum over rounds: the bandwidth this machine gives a
+    plain stream of the same size, cache effects included) and ``pct_of_copy`` (effective GB/s over it).
   * ``transient_bytes``: the step's peak of new memory over its start, per path. CPU: peak resident set
     (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) in a fresh subprocess where glibc
     serves every allocation >= 4 KiB by mmap, so a freed temporary returns its pages and the next one is
@@ -74,14 +80,26 @@ class Size:
     rounds: int = 15  # interleaved rounds in the comparison, and pedantic rounds per test
     steps_per_round: int = 10
     large: bool = False
+    gpu: bool = False  # opt-in GPU case (--slimbench-gpu-sizes; suites/gpu_check.sh)
+    paths: tuple[str, ...] | None = None  # None: every path of PATHS
 
 
+# ~0.1B / 0.5B / 1B parameters: four paths only (fused and foreach, AdamW and SlimAdam), so that every
+# optimizer of the 1B case (p, g, M, V: 16 GB each in fp32) fits an 80 GB GPU together.
+GPU_PATHS = ("adamw_fused", "adamw_foreach", "slimadam_foreach", "slimadam_fused")
 SIZES: dict[str, Size] = {
     "gpt-1m": Size(dict(vocab_size=2048, block_size=256, n_layer=4, n_head=4, d_model=128)),
     "gpt-4m": Size(dict(vocab_size=4096, block_size=256, n_layer=4, n_head=4, d_model=256)),
     "gpt-30m": Size(dict(vocab_size=8192, block_size=512, n_layer=8, n_head=8, d_model=512), rounds=8,
                     steps_per_round=3, large=True),
+    "gpt-0.1b": Size(dict(vocab_size=8192, block_size=512, n_layer=12, n_head=12, d_model=768), rounds=10,
+                     steps_per_round=3, gpu=True, paths=GPU_PATHS),
+    "gpt-0.5b": Size(dict(vocab_size=8192, block_size=512, n_layer=24, n_head=20, d_model=1280), rounds=8,
+                     steps_per_round=2, gpu=True, paths=GPU_PATHS),
+    "gpt-1b": Size(dict(vocab_size=8192, block_size=512, n_layer=20, n_head=16, d_model=2048), rounds=6,
+                   steps_per_round=2, gpu=True, paths=GPU_PATHS),
 }
+COPY_CAP_BYTES = 4 << 30  # a copy moves at most 4 GiB (2 read + 2 written): far past any cache, and fits beside 1B
 
 
 def _named(model: nn.Module) -> list:
@@ -103,10 +121,11 @@ INFO_RATIOS = ("slimadam_compiled/adamw_fused",)  # reported beside the targets,
 def build_case(size: str, path: str, device: str, dtype: torch.dtype) -> torch.optim.Optimizer:
     """A fresh GPT of ``size`` with the size's fixed gradients, and the optimizer of ``path`` (no step yet)."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**SIZES[size].config)).to(device=device, dtype=dtype)
-    g = torch.Generator().manual_seed(1)
+    with torch.device(device):  # built where it runs: a 1B model initialised on the CPU takes minutes
+        model = GPT(GPTConfig(**SIZES[size].config)).to(dtype=dtype)
+    g = torch.Generator(device=device).manual_seed(1)
     for p in model.parameters():
-        p.grad = (1e-3 * torch.randn(p.shape, generator=g)).to(device=device, dtype=dtype)
+        p.grad = (1e-3 * torch.randn(p.shape, generator=g, device=device)).to(dtype=dtype)
     return PATHS[path](model)
 
 
@@ -120,6 +139,24 @@ def _timed_steps(opt: torch.optim.Optimizer, n: int, device: torch.device) -> fl
     t0 = time.perf_counter()
     for _ in range(n):
         opt.step()
+    _sync(device)
+    return (time.perf_counter() - t0) / n
+
+
+COPY_METHOD = ("dst.copy_(src) of uint8 buffers moving as many bytes as the path's step (read + written; "
+               f"capped at {COPY_CAP_BYTES >> 30} GiB), timed in the same interleaved rounds, min over rounds")
+
+
+def copy_size(step_bytes: int) -> int:
+    """Bytes a copy moves (half read, half written) to stand beside a step moving ``step_bytes``."""
+    return min(step_bytes, COPY_CAP_BYTES) // 2 * 2
+
+
+def _timed_copies(dst: torch.Tensor, src: torch.Tensor, n: int, device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        dst.copy_(src)
     _sync(device)
     return (time.perf_counter() - t0) / n
 
@@ -150,11 +187,21 @@ class Comparison:
     native_build_s: float | None = None
     first_step_s: dict[str, float] = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
+    copy_seconds: dict[int, list[float]] = field(default_factory=dict)  # per copied byte count: one per round
 
     def ratio(self, a: str, b: str) -> tuple[float, float]:
         """(ratio of minima, median of per-round ratios) of step time, path a over path b."""
         per_round = [x / y for x, y in zip(self.seconds[a], self.seconds[b])]
         return min(self.seconds[a]) / min(self.seconds[b]), statistics.median(per_round)
+
+    def roofline(self) -> dict:
+        """Each path's bytes per parameter, and the bandwidth of a copy of its bytes timed in the same rounds."""
+        copy_bytes = {p: copy_size(b) for p, b in self.bytes_per_step.items()}
+        copy_gbps = {p: b / min(self.copy_seconds[b]) / 1e9 for p, b in copy_bytes.items()}
+        gbps = {p: self.bytes_per_step[p] / min(s) / 1e9 for p, s in self.seconds.items()}
+        return {"bytes_per_param": {p: b / self.n_params for p, b in self.bytes_per_step.items()},
+                "copy_bytes": copy_bytes, "copy_GBps": copy_gbps,
+                "pct_of_copy": {p: 100 * gbps[p] / copy_gbps[p] for p in gbps}, "copy_method": COPY_METHOD}
 
     def to_dict(self) -> dict:
         ms = {p: {"min": 1e3 * min(s), "median": 1e3 * statistics.median(s)} for p, s in self.seconds.items()}
@@ -165,6 +212,8 @@ class Comparison:
             ratios[name] = {"min": r_min, "median": r_med}
             met[name] = {"target": target, "met": r_min <= target}
         for name in INFO_RATIOS:
+            if not set(name.split("/")) <= set(self.seconds):
+                continue
             r_min, r_med = self.ratio(*name.split("/"))
             ratios[name] = {"min": r_min, "median": r_med}
         mem = self.memory.get("transient_bytes", {})
@@ -178,6 +227,7 @@ class Comparison:
             ms_per_step=ms, ratio=ratios, targets_met=met, bytes_per_step=self.bytes_per_step,
             state_bytes=self.state_bytes,
             effective_GBps={p: self.bytes_per_step[p] / min(s) / 1e9 for p, s in self.seconds.items()},
+            **self.roofline(),
             compile_s=self.compile_s, native_build_s=self.native_build_s, first_step_s=self.first_step_s,
             **self.memory)
 
@@ -187,7 +237,8 @@ def compare(size: str, device: torch.device, dtype: torch.dtype) -> tuple[Compar
     from slimbench.optim import _fused
 
     s = SIZES[size]
-    opts = {path: build_case(size, path, str(device), dtype) for path in PATHS}
+    paths = s.paths or tuple(PATHS)
+    opts = {path: build_case(size, path, str(device), dtype) for path in paths}
     n_params = sum(p.numel() for g in opts["adamw_fused"].param_groups for p in g["params"])
     comp = Comparison(size, n_params, str(device), str(dtype).removeprefix("torch."), torch.get_num_threads())
     _fused.clear_cache()
@@ -202,13 +253,23 @@ def compare(size: str, device: torch.device, dtype: torch.dtype) -> tuple[Compar
         comp.bytes_per_step[path] = step_bytes(opt)
         comp.state_bytes[path] = sum(t.numel() * t.element_size() for st in opt.state.values()
                                      for t in st.values() if torch.is_tensor(t))
-    order = list(PATHS)
-    comp.seconds = {path: [] for path in PATHS}
+    sizes = sorted({copy_size(b) for b in comp.bytes_per_step.values()})
+    src, dst = (torch.empty(sizes[-1] // 2, dtype=torch.uint8, device=device).fill_(1) for _ in range(2))
+    copies = {n: (dst[:n // 2], src[:n // 2]) for n in sizes}
+    for n in sizes:
+        _timed_copies(*copies[n], 2, device)  # warm-up
+    order: list = list(paths) + sizes  # a path name, or a copy's byte count
+    comp.seconds = {path: [] for path in paths}
+    comp.copy_seconds = {n: [] for n in sizes}
     for r in range(s.rounds):
-        for path in order[r % len(order):] + order[:r % len(order)]:
-            comp.seconds[path].append(_timed_steps(opts[path], s.steps_per_round, device))
-    steady = min(comp.seconds["slimadam_compiled"])
-    comp.compile_s = comp.first_step_s["slimadam_compiled"] - steady
+        for item in order[r % len(order):] + order[:r % len(order)]:
+            if isinstance(item, int):
+                comp.copy_seconds[item].append(_timed_copies(*copies[item], s.steps_per_round, device))
+            else:
+                comp.seconds[item].append(_timed_steps(opts[item], s.steps_per_round, device))
+    del src, dst, copies
+    if "slimadam_compiled" in opts:
+        comp.compile_s = comp.first_step_s["slimadam_compiled"] - min(comp.seconds["slimadam_compiled"])
     comp.memory = transient_memory(size, device, dtype, opts)
     return comp, opts
 
@@ -279,7 +340,7 @@ def _rss_main(size: str, dtype_name: str) -> dict:
 
     dtype = getattr(torch, dtype_name)
     out, warm = {}, None
-    for path in PATHS:
+    for path in SIZES[size].paths or PATHS:
         opt = build_case(size, path, "cpu", dtype)
         opt.step()  # for the fused path: compiles, and fills inductor's on-disk cache if it was cold
         opt.step()
@@ -317,6 +378,7 @@ def comparison(bench_device: torch.device, bench_dtype: torch.dtype):
     def get(size: str) -> tuple[Comparison, dict]:
         key = (size, str(bench_device), bench_dtype)
         if key not in _comparisons:
+            _comparisons.clear()  # one size's optimizers at a time: the GPU sizes need the memory
             _comparisons[key] = compare(size, bench_device, bench_dtype)
         return _comparisons[key]
 
@@ -324,12 +386,16 @@ def comparison(bench_device: torch.device, bench_dtype: torch.dtype):
     _comparisons.clear()
 
 
-def _size_params():
-    return [pytest.param(n, id=n, marks=(pytest.mark.large,) if s.large else ()) for n, s in SIZES.items()]
+def _case_params() -> list:
+    """(size, path) cases, size by size (the comparison fixture keeps one size alive at a time)."""
+    out = []
+    for n, s in SIZES.items():
+        marks = (pytest.mark.large,) * s.large + (pytest.mark.gpu_size,) * s.gpu
+        out += [pytest.param(n, p, id=f"{n}-{p}", marks=marks) for p in s.paths or PATHS]
+    return out
 
 
-@pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("size", _size_params())
+@pytest.mark.parametrize(("size", "path"), _case_params())
 def test_fused_step(benchmark, comparison, bench_device: torch.device, size: str, path: str) -> None:
     """One path's steady step time (pytest-benchmark), plus the size's interleaved comparison."""
     comp, opts = comparison(size)

@@ -44,3 +44,35 @@ def test_fused_rows_compare_each_path_with_adamw_of_its_kind(tmp_path):
     assert targets["slimadam_foreach/adamw_foreach"]["compile_s"] == 9.5
     step = next(s for s in build_sections(c) if s.key == "step_time")
     assert [t.title for t in step.tables] == ["Fused / foreach kernels (pytest suites)", "Fused kernel targets (issue 7)"]
+
+
+def test_fused_rows_show_the_roofline_beside_the_ratios(tmp_path):
+    """Bytes per parameter, GB/s and the percentage of the same run's copy bandwidth, computed and rendered;
+    a file from before the copy was timed keeps its GB/s and shows '-' for the copy columns."""
+    from slimbench.report.markdown import table_markdown
+
+    n = 1_000_000
+    info = _fused_info()
+    info["n_params"] = n
+    info["bytes_per_step"] = {"adamw_fused": 28 * n, "adamw_foreach": 28 * n, "slimadam_foreach": 20 * n + 800,
+                              "slimadam_fused": 20 * n + 800}
+    info["effective_GBps"] = {p: info["bytes_per_step"][p] / v["min"] / 1e6 for p, v in info["ms_per_step"].items()}
+    info["copy_GBps"] = {p: 20.0 for p in info["ms_per_step"]}  # a copy of each path's bytes, same rounds
+    old = {k: v for k, v in info.items() if k != "copy_GBps"}
+    for name, e in (("new", info), ("old", old)):
+        entry = bench_entry(f"gpt-4m-{name}", "slimadam_fused", kind="fused_step", path="slimadam_fused")
+        entry["extra_info"].update(e)
+        write_bench(tmp_path / f"{name}.json", [entry])
+    rows = {r["path"]: r for r in fused_rows(load([tmp_path / "new.json"]))}
+    fused = rows["slimadam_fused"]
+    assert fused["bytes_per_param"] == pytest.approx(20.0008) and rows["adamw_fused"]["bytes_per_param"] == 28
+    assert fused["gbps"] == pytest.approx((20 * n + 800) / 1.6e-3 / 1e9)
+    assert fused["copy_fraction"] == pytest.approx(fused["gbps"] / 20.0)
+    assert rows["adamw_fused"]["copy_fraction"] == pytest.approx(28 * n / 2.0e-3 / 1e9 / 20.0)  # 14 GB/s
+    step = next(s for s in build_sections(load([tmp_path / "new.json"])) if s.key == "step_time")
+    text = table_markdown(step.tables[0])
+    for header in ("vs AdamW (same kind)", "B/param", "effective GB/s", "copy GB/s (same run)", "of copy"):
+        assert header in text
+    assert "20.00" in text and "28.00" in text and f"{100 * fused['copy_fraction']:.1f}%" in text
+    old_rows = {r["path"]: r for r in fused_rows(load([tmp_path / "old.json"]))}
+    assert old_rows["slimadam_fused"]["copy_fraction"] is None and old_rows["slimadam_fused"]["gbps"] > 0

@@ -11,7 +11,10 @@ of three layouts, told apart by ``kind``:
   steps, final / best validation loss, divergence, state bytes.
 * ``fused_step`` (suites/test_bench_fused.py): one size's interleaved comparison of every optimizer path
   (``ms_per_step`` {path: {min, median}}, ``effective_GBps``, ``state_bytes``, ``transient_bytes`` per
-  path, the issue's ``ratio`` / ``targets_met``), plus the test's own ``path``.
+  path, the issue's ``ratio`` / ``targets_met``), plus the test's own ``path``. Its roofline, per path:
+  ``bytes_per_param`` (the byte model: 7 elements per parameter for AdamW, 5 plus the reduced V for
+  SlimAdam), ``copy_GBps`` (a ``copy_`` of as many bytes, timed in the same rounds) and ``pct_of_copy``;
+  read through :func:`fused_roofline`, which also serves files written before these keys.
 
 **Step ratio**, one meaning everywhere (report tables, figures, ``compare --check step_ratio``): a step's
 fastest time over the fastest time of the AdamW step *of the same kind* measured in the same run. Fused
@@ -105,3 +108,25 @@ def fused_sizes(docs: Iterable[tuple[str, Mapping]]) -> list[tuple[str, dict]]:
                 seen.add(key)
                 out.append((path, e))
     return out
+
+
+def fused_roofline(info: Mapping, path: str) -> dict[str, float | None]:
+    """One path's roofline in a ``fused_step`` entry: bytes per parameter, effective GB/s, the same run's
+    copy GB/s and the percentage of it. Recomputed from the raw fields where the entry lacks the derived
+    ones (older files: no copy was timed, so the percentage is None)."""
+    def get(key: str) -> Any:
+        return (info.get(key) or {}).get(path)
+
+    n_bytes, n_params = _num(get("bytes_per_step")), _num(info.get("n_params"))
+    per_param = _num(get("bytes_per_param"))
+    if per_param is None and n_bytes is not None and n_params:
+        per_param = n_bytes / n_params
+    gbps = _num(get("effective_GBps"))
+    if gbps is None:
+        ms = _num((get("ms_per_step") or {}).get("min"))
+        gbps = n_bytes / ms / 1e6 if n_bytes is not None and ms else None
+    copy = _num(get("copy_GBps"))
+    pct = _num(get("pct_of_copy"))
+    if pct is None and gbps is not None and copy:
+        pct = 100 * gbps / copy
+    return {"bytes_per_param": per_param, "gbps": gbps, "copy_gbps": copy, "pct_of_copy": pct}

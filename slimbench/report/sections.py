@@ -57,7 +57,8 @@ def build_sections(c: Collection, opts: Options = Options()) -> list[Section]:
     if fused:
         tables.append(Table("Fused / foreach kernels (pytest suites)", FUSED_COLUMNS, fused,
                             "interleaved rounds, minimum per path; effective GB/s = the step's minimal traffic "
-                            "(AdamW 7 bytes-of-dtype per parameter, SlimAdam 5 plus its reduced V) over its time"))
+                            "(B/param: AdamW 7 bytes-of-dtype per parameter, SlimAdam 5 plus its reduced V) over its time; "
+                            "of copy = that over a dst.copy_(src) of as many bytes timed in the same rounds"))
         tables.append(Table("Fused kernel targets (issue 7)", FUSED_TARGET_COLUMNS, fused_target_rows(c),
                             "targets are reported, never asserted: fused SlimAdam <= 1.0x fused AdamW, foreach "
                             "SlimAdam <= 0.75x foreach AdamW, transient no larger than AdamW's"))

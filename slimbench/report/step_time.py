@@ -39,11 +39,20 @@ def _fused_case(e: dict, source: str) -> dict:
             "sources": [source]}
 
 
+def _roofline_cells(e: dict, path: str) -> dict:
+    """The roofline columns of one path; the percentage as a fraction, for the ``pct`` format."""
+    r = xi.fused_roofline(e, path)
+    pct = r.pop("pct_of_copy")
+    return {**r, "copy_fraction": None if pct is None else pct / 100}
+
+
 def fused_rows(c: Collection) -> list[dict]:
     """The fused-kernel suite (kind fused_step): one row per size and path, from its interleaved comparison.
 
     ``vs AdamW`` divides by the AdamW path of the same kind measured in the same rounds (fused SlimAdam
-    by fused AdamW, the others by foreach AdamW), minima over minima as the suite does."""
+    by fused AdamW, the others by foreach AdamW), minima over minima as the suite does. Beside it, the
+    roofline: the path's byte model per parameter, its GB/s, and that as a percentage of a copy of as many
+    bytes timed in the same rounds (how near the step is to the bandwidth this machine gives a stream)."""
     rows = []
     for path, e in xi.fused_sizes((i.path, i.data) for i in c.benchmarks):
         ms_all = e.get("ms_per_step") or {}
@@ -52,7 +61,7 @@ def fused_rows(c: Collection) -> list[dict]:
             rows.append({**_fused_case(e, path), "path": p, "n_params": e.get("n_params"),
                          "min_s": ms.get("min", math.nan) / 1e3, "median_s": ms.get("median", math.nan) / 1e3,
                          "vs_adamw": xi.fused_step_ratio(e, p) if p.startswith("slimadam") else None,
-                         "gbps": (e.get("effective_GBps") or {}).get(p),
+                         **_roofline_cells(e, p),
                          "state_bytes": (e.get("state_bytes") or {}).get(p), "transient_bytes": transient.get(p)})
     return rows
 
@@ -60,7 +69,9 @@ def fused_rows(c: Collection) -> list[dict]:
 FUSED_COLUMNS = [Column("size", "size"), Column("path", "path"), Column("n_params", "params", "int"),
                  Column("device", "device"), Column("dtype", "dtype"), Column("threads", "threads", "int"),
                  Column("min_s", "min ms", "ms"), Column("median_s", "median ms", "ms"),
-                 Column("vs_adamw", "vs AdamW (same kind)", "x2"), Column("gbps", "effective GB/s", "f2"),
+                 Column("vs_adamw", "vs AdamW (same kind)", "x2"), Column("bytes_per_param", "B/param", "f2"),
+                 Column("gbps", "effective GB/s", "f2"), Column("copy_gbps", "copy GB/s (same run)", "f2"),
+                 Column("copy_fraction", "of copy", "pct"),
                  Column("state_bytes", "state MiB", "mib"), Column("transient_bytes", "transient MiB", "mib")]
 
 

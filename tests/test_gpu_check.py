@@ -1,0 +1,37 @@
+"""suites/gpu_check.sh without a CUDA device: one line, a non-zero exit, at once, and nothing written."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "suites" / "gpu_check.sh"
+
+
+@pytest.mark.skipif(not Path("/bin/bash").exists(), reason="needs bash")
+def test_gpu_check_fails_fast_without_cuda(tmp_path: Path) -> None:
+    out = tmp_path / "gpu"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}  # no GPU, even on a GPU machine
+    proc = subprocess.run(["bash", str(SCRIPT), str(out)], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 3
+    assert proc.stderr.strip().splitlines() == [
+        "gpu_check: no CUDA device (torch.cuda.is_available() is False); nothing was run"]
+    assert not out.exists()
+
+
+def test_gpu_check_needs_an_output_folder() -> None:
+    proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "usage: suites/gpu_check.sh OUT_DIR" in proc.stderr
+
+
+def test_gpu_sizes_are_opt_in(tmp_path: Path) -> None:
+    """The ~0.1-1B cases are collected but skipped unless --slimbench-gpu-sizes, even under -m large."""
+    suite = SCRIPT.parent / "test_bench_fused.py"
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(suite), "-q", "-rs", "-m", "gpu_size or large",
+                           "-k", "gpt-1b", "--benchmark-disable", "-p", "no:cacheprovider"],
+                          capture_output=True, text=True, timeout=120, cwd=SCRIPT.parents[1])
+    assert "4 skipped" in proc.stdout, proc.stdout[-2000:]
+    assert "run with --slimbench-gpu-sizes" in proc.stdout
