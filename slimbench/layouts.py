@@ -26,7 +26,7 @@ the fix: pass the model itself.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from math import prod
 from typing import Any
 
@@ -286,16 +286,3 @@ def name_layouts(named_shapes: Iterable[tuple[str, Sequence[int]]]) -> dict[str,
         out[name] = lay
     return out
 
-
-@dataclass
-class Layouts:
-    """Per-parameter layouts plus where they came from, as SlimAdam and the tools consume them."""
-
-    by_name: dict[str, Layout] = field(default_factory=dict)
-    from_model: bool = False
-
-    def get(self, name: str, shape: Sequence[int]) -> Layout:
-        return self.by_name.get(name) or default_layout(shape)
-
-    def ambiguous(self) -> list[str]:
-        return [n for n, lay in self.by_name.items() if lay.ambiguous]
