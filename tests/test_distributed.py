@@ -8,7 +8,9 @@ per-rank audit (`audit --world-size`: its arithmetic == each rank's measured led
 on a quiet 2-core machine, 40 s busy). The full matrix, every K of the 2-D and 4-D weights, FSDP2 and DDP
 at 2, 3 and 4 ranks (about 4 minutes in all), and the checkpoint round trip (3 spawns, 30-80 s) are
 marked ``distributed`` and run by ``.ci/run``: ``python -m pytest -m distributed tests/test_distributed.py``.
-So is the torchrun run of ``slimbench run --fsdp`` against the one-process run (3 ranks, about 15 s)."""
+So is the torchrun run of ``slimbench run --fsdp`` against the one-process run (3 ranks, about 15 s), every
+registry optimizer under FSDP2 at 2 and 3 ranks against its ``sharded`` flag (about 15 s), and one printed
+``--fsdp 2 --print-commands`` line run by sh (about 10 s)."""
 from __future__ import annotations
 
 import socket
@@ -160,7 +162,8 @@ def test_torchrun_fsdp_run_matches_one_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("extra, message", [([], "--fsdp needs torchrun's environment"),
-                                            (["--print-commands"], "does not go with --print-commands")])
+                                            (["--print-commands"], "needs the world size: --fsdp N"),
+                                            (["--executor", "submitit"], "does not go with --executor submitit")])
 def test_fsdp_outside_torchrun_is_one_line(extra: list[str], message: str, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from slimbench.cli import main
@@ -171,3 +174,76 @@ def test_fsdp_outside_torchrun_is_one_line(extra: list[str], message: str, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.distributed
+def test_registry_optimizers_under_fsdp2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every available registry optimizer, 2 steps under fully_shard at 2 and 3 ranks (fp64): equal to one
+    process (1e-10), ran but differs, or raised (one line). A spec says sharded=True exactly for those equal
+    at both world sizes on every rank (the README's table is this test's printout)."""
+    from slimbench.registry import REGISTRY, available
+
+    outcomes: dict[str, dict[int, tuple]] = {}
+    for world in (2, 3):
+        res = spawn(world, ["registry"], tmp_path / f"w{world}")
+        for name in REGISTRY:
+            seen = {r["registry"][name] if r["registry"][name][0] != "equal" else ("equal",) for r in res}
+            outcomes.setdefault(name, {})[world] = res[0]["registry"][name] if len(seen) == 1 else ("ranks differ", seen)
+    with capsys.disabled():
+        print("\noptimizer | 2 ranks | 3 ranks")
+        for name, o in outcomes.items():
+            print(f"{name} | " + " | ".join(f"{v[0]}: {v[1]:.1e}" if v[0] == "equal" else f"{v[0]}: {v[1]}"
+                                            for v in (o[2], o[3])))
+    ok = {a.name for a in available() if a.ok}
+    assert all(outcomes[n][w][0] != "unavailable" for n in ok for w in (2, 3)), outcomes
+    equal = {n for n, o in outcomes.items() if all(v[0] == "equal" for v in o.values())}
+    flagged = {n for n, s in REGISTRY.items() if s.sharded and n in ok}
+    assert flagged == equal, {"flagged, not equal": flagged - equal, "equal, not flagged": equal - flagged}
+    assert {"adamw", "slimadam", "adalayer"} <= equal
+
+
+def test_fsdp_print_commands_prints_one_torchrun_line_per_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`run ... --fsdp N --print-commands`: one shell-quoted `python -m torch.distributed.run --standalone
+    --nproc_per_node N -m slimbench run ... --fsdp N` line per pending run (the running interpreter)."""
+    import shlex
+
+    from slimbench.cli import main
+
+    out = tmp_path / "o ut"
+    assert main(["run", "--task", "gpt", "--optimizers", "slimadam,adamw", "--steps", "3", "--out", str(out),
+                 "--fsdp", "2", "--print-commands"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2, lines
+    for line, opt in zip(lines, ("slimadam", "adamw")):
+        argv = shlex.split(line)
+        assert argv[:7] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            "-m"], argv
+        assert argv[7:9] == ["slimbench", "run"] and argv[-2:] == ["--fsdp", "2"], argv
+        assert argv[argv.index("--optimizers") + 1] == opt and argv[argv.index("--out") + 1] == str(out), argv
+    assert not out.exists() or not list(out.glob("*.json"))
+
+
+@pytest.mark.distributed
+def test_printed_fsdp_command_runs_and_writes_the_fsdp_result(tmp_path: Path) -> None:
+    """One printed `--fsdp 2` line, run by sh (3 steps, gpt tiny), writes the `_fsdp2` result; the sweep's
+    commands then skip it as done."""
+    import json
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "slimbench", "run", "--task", "gpt", "--optimizers", "adamw", "--steps", "3",
+            "--out", str(tmp_path / "r"), "--fsdp", "2", "--print-commands"]
+    printed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    (line,) = printed.stdout.strip().splitlines()
+    ran = subprocess.run(["sh", "-c", line], env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    (f,) = sorted((tmp_path / "r").glob("*.json"))
+    assert f.stem.endswith("_fsdp2"), f.name
+    res = json.loads(f.read_text())
+    assert res["config"]["fsdp"] == 2 and res["env"]["world_size"] == 2 and len(res["train_loss"]) == 3
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.strip() == "", again.stdout
+    assert "0 commands for the pending runs (1 of 1 already done)" in again.stderr, again.stderr

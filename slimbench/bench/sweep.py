@@ -293,7 +293,9 @@ def _one_line(text: str) -> str:
 
 
 def commands(runs: Sequence[RunConfig], out: str | Path, *, threads: int, python: str | None = None) -> list[str]:
-    """One POSIX shell command per run, one per line: ``python -m slimbench run`` for that run alone.
+    """One POSIX shell command per run, one per line: ``python -m slimbench run`` for that run alone; a run
+    with ``fsdp=N`` becomes ``python -m torch.distributed.run --standalone --nproc_per_node N -m slimbench
+    run ... --fsdp N`` (torchrun on a free local port, so such lines can run side by side).
 
     Every argument is ``shlex``-quoted, so ``sh -c LINE`` (what ``xargs -d '\n' -I{} sh -c {}`` runs) sees
     ``out``, rules paths and overrides as data whatever they contain. ``threads`` is pinned because results
@@ -302,7 +304,7 @@ def commands(runs: Sequence[RunConfig], out: str | Path, *, threads: int, python
     """
     _check_threads(threads)  # even for no runs: a bad value is a bad call
     return [_command(cfg.task, cfg.preset, (cfg.optimizer,), (cfg.lr,), (cfg.seed,), cfg.rules, cfg.overrides,
-                     cfg.divergence_factor, out, threads, python) for cfg in runs]
+                     cfg.divergence_factor, out, threads, python, fsdp=cfg.fsdp) for cfg in runs]
 
 
 def sweep_command(sweep: SweepConfig, out: str | Path, *, threads: int, python: str | None = None) -> str:
@@ -314,10 +316,14 @@ def sweep_command(sweep: SweepConfig, out: str | Path, *, threads: int, python: 
 
 def _command(task: str, preset: str, optimizers: Sequence[str], lrs: Sequence[float], seeds: Sequence[int],
              rules: str | None, overrides: Mapping[str, Any], divergence_factor: float, out: str | Path,
-             threads: int, python: str | None) -> str:
-    """The shell-quoted ``run`` command line that rebuilds exactly these run configs (hence run ids)."""
+             threads: int, python: str | None, fsdp: int = 0) -> str:
+    """The shell-quoted ``run`` command line that rebuilds exactly these run configs (hence run ids);
+    under torchrun with ``fsdp`` processes when ``fsdp`` is set."""
     _check_threads(threads)
-    args = [python or sys.executable, "-m", "slimbench", "run", "--task", task, "--preset", preset,
+    launch = [python or sys.executable]
+    if fsdp:
+        launch += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(fsdp)]
+    args = [*launch, "-m", "slimbench", "run", "--task", task, "--preset", preset,
             "--optimizers", ",".join(optimizers), "--lrs", ",".join(repr(float(lr)) for lr in lrs),
             "--seeds", ",".join(map(str, seeds)), "--out", str(out), "--threads", str(threads), "--no-progress"]
     if rules is not None:
@@ -326,6 +332,8 @@ def _command(task: str, preset: str, optimizers: Sequence[str], lrs: Sequence[fl
         args += ["--divergence-factor", repr(divergence_factor)]
     for key, value in sorted(overrides.items()):
         args += ["--set", f"{key}={_json(value)}"]
+    if fsdp:
+        args += ["--fsdp", str(fsdp)]
     bad = next((a for a in args if "\n" in a or "\r" in a or "\0" in a), None)
     if bad is not None:
         raise ValueError(f"{bad!r} holds a line break or NUL; one-command-per-line output cannot carry it "

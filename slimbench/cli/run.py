@@ -79,13 +79,24 @@ def add_parser(subparsers) -> None:
                    help="print one shell command per pending run, one per line (for a scheduler) and exit")
     p.add_argument("--commands-file", metavar="FILE",
                    help="write those commands to FILE (atomically) instead of printing them, and exit")
-    p.add_argument("--fsdp", action="store_true",
-                   help="train sharded by FSDP2 over torchrun's ranks (gloo on CPU, NCCL on GPU); rank 0 writes "
-                   "the results, whose run id and config record the world size")
+    p.add_argument("--fsdp", type=_world_size, nargs="?", const=0, default=None, metavar="N",
+                   help="train sharded by FSDP2 over torchrun's ranks (gloo on CPU, NCCL on GPU; N, if given, must "
+                   "be torchrun's world size); rank 0 writes the results, whose run id and config record the world "
+                   "size. With --print-commands / --commands-file: N is required, one torchrun line per run")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first run that raises")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-tasks", action="store_true", help="list tasks and presets and exit")
     p.set_defaults(func=run)
+
+
+def _world_size(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--fsdp takes a world size (an int >= 1), got {text!r}")
+    return n
 
 
 def _list_tasks() -> int:
@@ -139,11 +150,19 @@ def run(args: argparse.Namespace) -> int:
     def runs_of(world: int) -> list:
         return [dataclasses.replace(c, fsdp=world) for c in runs]
 
-    if args.fsdp:
-        if args.print_commands or args.commands_file or args.executor != "local":
-            raise ValueError("--fsdp runs in the processes torchrun starts; it does not go with --print-commands, "
-                             "--commands-file or --executor submitit (launch torchrun from your scheduler instead)")
+    if args.fsdp is not None and (args.print_commands or args.commands_file):
+        if not args.fsdp:
+            raise ValueError("--fsdp with --print-commands / --commands-file needs the world size: --fsdp N "
+                             "(one torchrun --nproc_per_node N line per run)")
+        return _sweep_and_report(args, runs_of(args.fsdp), out)
+    if args.fsdp is not None:
+        if args.executor != "local":
+            raise ValueError("--fsdp runs in the processes torchrun starts; it does not go with --executor submitit "
+                             "(use --print-commands with --fsdp N, or launch torchrun from your scheduler)")
         world = _fsdp.init_from_env()
+        if args.fsdp and args.fsdp != world:
+            _fsdp.finish(False)
+            raise ValueError(f"--fsdp {args.fsdp} but torchrun started {world} processes (--nproc_per_node)")
         ok = False
         try:
             rc = _follow(runs_of(world), out) if _fsdp.rank() != 0 else _sweep_and_report(args, runs_of(world), out)

@@ -103,6 +103,7 @@ _ADAM_MINI_ERRORS = (
 SPECS: tuple[OptimizerSpec, ...] = (
     OptimizerSpec("adam-mini", _adam_mini, "Adam-mini: one V per head / neuron / token block (adam-mini pkg)",
                   "slim", needs_names=True, package="adam-mini", module="adam_mini",
+                  sharded=True,  # tests/test_distributed.py::test_registry_optimizers_under_fsdp2: == one process at 2, 3 ranks
                   state_class="adam_mini.Adam_mini",
                   second_moment_keys=("vmean", "v"),  # vmean per head / neuron / token / block; v full (biases)
                   state_rule="m (param shape) + vmean per block (+ full v for biases)", transient_budget=(0.0, 3.0),

@@ -77,6 +77,7 @@ _GALORE_ERRORS = (
 SPECS: tuple[OptimizerSpec, ...] = (
     # Lion's only hyperparameters are the shared ones: its error inputs are all generated.
     OptimizerSpec("lion", _lion, "Lion (Chen et al. 2023), pytorch-optimizer", "sign", foreach=True,
+                  sharded=True,  # tests/test_distributed.py::test_registry_optimizers_under_fsdp2: == one process at 2, 3 ranks
                   package="pytorch-optimizer", module="pytorch_optimizer", state_class="pytorch_optimizer.Lion",
                   second_moment_keys=(), state_rule="exp_avg (param shape)",
                   sensible_lr=1e-3, transient_budget=(1.0, 3.0), extras=("weight_decouple", "maximize")),

@@ -60,6 +60,7 @@ SPECS: tuple[OptimizerSpec, ...] = (
                   extras=("eps",)),
     OptimizerSpec("adalayer+ln+tl", _adalayer_ln_tl, "AdaLayer with full Adam for norms and the last layer",
                   "slim", foreach=True, needs_names=True, state_class="slimbench.AdaLayer",
+                  sharded=True,  # tests/test_distributed.py::test_registry_optimizers_under_fsdp2: == one process at 2, 3 ranks
                   second_moment_keys=("exp_avg_sq",),
                   state_rule="as adalayer; norms, biases and head keep a full exp_avg_sq",
                   transient_budget=(1.0, 3.0), extras=("eps",)),

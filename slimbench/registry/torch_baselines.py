@@ -53,9 +53,11 @@ SPECS: tuple[OptimizerSpec, ...] = (
                   sharded=True,  # tests/test_distributed.py: FSDP2 per-rank ledger == the audit's arithmetic
                   sensible_lr=1e-2, transient_budget=(1.0, 3.0), extras=("eps", "amsgrad", "maximize")),
     OptimizerSpec("adam", _adam, "torch.optim.Adam (L2 weight decay)", "adam", foreach=True, fused=True,
+                  sharded=True,  # tests/test_distributed.py::test_registry_optimizers_under_fsdp2: == one process at 2, 3 ranks
                   state_class="torch.Adam", second_moment_keys=("exp_avg_sq",), state_rule=_ADAM_STATE,
                   sensible_lr=1e-2, transient_budget=(1.0, 3.0), extras=("eps", "amsgrad", "maximize")),
     OptimizerSpec("sgd", _sgd, "torch.optim.SGD, momentum 0.9", "sgd", foreach=True, fused=True,
+                  sharded=True,  # tests/test_distributed.py::test_registry_optimizers_under_fsdp2: == one process at 2, 3 ranks
                   state_class="torch.SGD", second_moment_keys=(), state_rule="momentum_buffer (param shape)",
                   sensible_lr=0.1, transient_budget=(1.0, 1.0),
                   extras=("momentum", "nesterov", "dampening", "maximize"), own_error_inputs=_SGD_ERRORS),
