@@ -24,7 +24,8 @@ from slimbench.io import FormatError, read_json, read_versioned
 from slimbench.registry import build_optimizer
 from slimbench.report import load
 from slimbench.report.compare import compare, parse_check
-from slimbench.report.tables import Options, build_sections
+from slimbench.report.sections import build_sections
+from slimbench.report.table import Options
 from slimbench.rules import load_rules, resolve
 from slimbench.snr.record import load_snr
 from slimbench.snr.tracker import Schedule

@@ -66,3 +66,23 @@ def test_run_and_experiment_default_to_the_same_threads():
     parser = build_parser()
     assert parser.parse_args(["run"]).threads == parser.parse_args(["experiment"]).threads == DEFAULT_THREADS
     assert parser.parse_args(["profile"]).out is None and parser.parse_args(["report"]).out == "report"
+
+
+def _subcommands() -> dict:
+    import argparse
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_file_writing_subcommand_spells_its_output_flag_out():
+    """One name across subcommands: where a subcommand writes a file or folder the user names, the flag is
+    ``--out``; older spellings (``--output``, compare's ``--json``) are aliases of the same destination."""
+    writers = {}
+    for name, sub in _subcommands().items():
+        for a in sub._actions:
+            if {"--out", "--output", "--json"} & set(a.option_strings):
+                writers[name] = a
+    assert {"audit", "compare", "coverage", "experiment", "profile", "report", "rules", "run", "snr"} <= set(writers)
+    for name, a in writers.items():
+        assert "--out" in a.option_strings and a.dest == "out", (name, a.option_strings, a.dest)

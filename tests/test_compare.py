@@ -1,6 +1,7 @@
 """Regression gate: checks parse like pytest-benchmark's; identical results pass; regressed ones fail."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -164,10 +165,14 @@ def test_real_run_regressed_on_disk_fails_cli_gate(tmp_path, capsys):
     regressed.memory = dict(regressed.memory, state_bytes=2 * regressed.memory["state_bytes"])
     regressed.val[-1] = {"step": regressed.val[-1]["step"], "loss": 1.2 * regressed.val[-1]["loss"]}
     save_result(regressed, new)
-    assert main(["compare", str(base), str(new), "--json", str(tmp_path / "cmp.json")]) == 1
+    assert main(["compare", str(base), str(new), "--out", str(tmp_path / "cmp.json")]) == 1
     out = capsys.readouterr()
     assert "CHANGED" in out.out and "REGRESSED" in out.out and "REGRESSION: 2 failed" in out.err
-    assert (tmp_path / "cmp.json").exists()
+    written = json.loads((tmp_path / "cmp.json").read_text())
+    assert written["format"] == "slimbench.comparison"
+    # --json, the flag's old name, writes the same file
+    assert main(["compare", str(base), str(new), "--json", str(tmp_path / "old.json")]) == 1
+    assert json.loads((tmp_path / "old.json").read_text()) == written
 
 
 def test_cli_bad_input_exits_2(tmp_path, capsys):

@@ -14,7 +14,7 @@ from slimbench.cli import main
 from slimbench.experiments import EXPERIMENTS, SweepStep, get_experiment, run_experiment
 from slimbench.report import load
 from slimbench.snr.record import load_snr
-from slimbench.report.tables import lr_rows, lr_summary_rows
+from slimbench.report.lr import lr_rows, lr_summary_rows
 
 FAST = ("snr-by-layer", "transfer")
 

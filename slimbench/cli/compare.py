@@ -4,7 +4,7 @@ Examples:
     python -m slimbench compare results/baseline/sweep /tmp/ci/sweep
     python -m slimbench compare results/baseline/bench-core.json /tmp/bench.json --check step_ratio:50% \\
         --check state_bytes:exact
-    python -m slimbench compare base/ new/ --check final_loss:0.02 --all --json /tmp/compare.json
+    python -m slimbench compare base/ new/ --check final_loss:0.02 --all --out /tmp/compare.json
 
 BASELINE and NEW are result files or folders (sweep runs, benchmark JSON, profiles, audits). Entries are
 matched by run id / benchmark name. Checks are METRIC:exact, METRIC:N% or METRIC:N (absolute); default:
@@ -31,7 +31,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--allow-missing", action="store_true",
                    help="a baseline entry absent from NEW is reported, not a failure")
     p.add_argument("--all", action="store_true", help="show every judged metric, not only what moved")
-    p.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
+    p.add_argument("--out", "--json", dest="out", metavar="FILE",
+                   help="also write the comparison as JSON (--out, as in every subcommand; --json is its old name)")
     p.set_defaults(func=run)
 
 
@@ -78,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts().items()))
     print(f"checks: {' '.join(c.text for c in checks)}")
     print(f"{result.baseline_entries} baseline entries, {result.new_entries} new entries; {counts or 'nothing judged'}")
-    if args.json:
-        write_json_atomic(args.json, {"format": "slimbench.comparison", "version": 1, "baseline": base_paths,
+    if args.out:
+        write_json_atomic(args.out, {"format": "slimbench.comparison", "version": 1, "baseline": base_paths,
                                       "new": new_path, **result.to_dict()})
     if result.failed:
         print(f"REGRESSION: {len(result.regressions)} failed check(s)", file=sys.stderr)

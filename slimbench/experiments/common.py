@@ -13,7 +13,9 @@ from types import ModuleType
 
 from slimbench.layers import PAPER_DIMS, parse_dims
 from slimbench.report.load import Collection
-from slimbench.report.tables import half_range, lr_rows, memory_rows, optimizer_label
+from slimbench.report.lr import half_range, lr_rows
+from slimbench.report.memory import memory_rows
+from slimbench.report.runs import optimizer_label
 from slimbench.snr.derive import ROLES, average_by_type, choose, mean_snr, role
 from slimbench.snr.record import SNRRecord
 

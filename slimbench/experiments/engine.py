@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from slimbench.report.load import Collection, load
-from slimbench.report.tables import Table
+from slimbench.report.table import Table
 from slimbench.snr.record import SNRRecord, load_snr
 
 EventCallback = Callable[[str, Any, Any], None]  # sweep progress (slimbench.bench.sweep.EventCallback)

@@ -18,8 +18,8 @@ from slimbench.experiments.engine import Analysis, Context
 from slimbench.experiments.steps import RulesStep, SNRStep, Step, SweepStep
 from slimbench.registry import get_spec as optimizer_spec
 from slimbench.report.load import Collection
-from slimbench.report.tables import (Column, Table, lr_grid_columns, lr_grid_rows, lr_key, lr_summary_rows,
-                                     table_from_lists)
+from slimbench.report.lr import lr_grid_columns, lr_grid_rows, lr_key, lr_summary_rows
+from slimbench.report.table import Column, Table, table_from_lists
 
 
 HEADLINE_OPTIMIZERS = ("adamw", "slimadam", "adalayer", "adalayer+ln+tl", "adam-mini", "adafactor", "lion", "sm3")

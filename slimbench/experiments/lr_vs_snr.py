@@ -12,7 +12,7 @@ from slimbench.experiments.common import (ROLE_NAMES, best_role, gpt_deep, paper
                                           type_means)
 from slimbench.experiments.engine import Analysis, Context
 from slimbench.experiments.steps import SNRStep, Step
-from slimbench.report.tables import table_from_lists
+from slimbench.report.table import table_from_lists
 from slimbench.snr.derive import derive_rules
 
 

@@ -13,7 +13,7 @@ from slimbench.experiments.common import (ROLE_NAMES, best_role, depth, gpt_deep
                                           type_means)
 from slimbench.experiments.engine import Analysis, Context
 from slimbench.experiments.steps import SNRStep, Step
-from slimbench.report.tables import table_from_lists
+from slimbench.report.table import table_from_lists
 from slimbench.snr.derive import ROLES, mean_snr, role, sweep_cutoffs
 from slimbench.snr.stats import key_dims
 

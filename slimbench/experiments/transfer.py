@@ -11,7 +11,8 @@ from slimbench.experiments.common import labelled_lr_rows, paper_roles, report_p
 from slimbench.experiments.engine import Analysis, Context
 from slimbench.experiments.steps import RulesStep, SNRStep, Step, SweepStep
 from slimbench.layers import PAPER_DIMS
-from slimbench.report.tables import Column, Table, lr_grid_columns, lr_grid_rows, lr_key, table_from_lists
+from slimbench.report.lr import lr_grid_columns, lr_grid_rows, lr_key
+from slimbench.report.table import Column, Table, table_from_lists
 
 
 TRANSFER_PROXY = {"n_layer": 2, "n_head": 2, "d_model": 64}  # the tiny gpt preset

@@ -13,7 +13,7 @@ from typing import Any
 from slimbench.experiments.common import final, report_plots
 from slimbench.experiments.engine import Analysis, Context
 from slimbench.experiments.steps import FixedRules, SNRStep, Step, SweepStep
-from slimbench.report.tables import table_from_lists
+from slimbench.report.table import table_from_lists
 from slimbench.snr.derive import mean_snr
 
 

@@ -12,8 +12,7 @@
 * one module per section, its rows and columns together, each row with the files it came from:
   :mod:`~slimbench.report.memory`, :mod:`~slimbench.report.lr`, :mod:`~slimbench.report.steps`,
   :mod:`~slimbench.report.training`, :mod:`~slimbench.report.snr`, :mod:`~slimbench.report.step_time`,
-  :mod:`~slimbench.report.environment`; :mod:`~slimbench.report.sections` puts them in order
-  (:mod:`~slimbench.report.tables` re-exports them under the old name).
+  :mod:`~slimbench.report.environment`; :mod:`~slimbench.report.sections` puts them in order.
 * :mod:`~slimbench.report.plots`: U-curves, loss curves, memory bars (matplotlib, Agg).
 * :mod:`~slimbench.report.markdown`: ``report.md`` with numbered sources.
 * :mod:`~slimbench.report.compare`: checks parsed from ``metric:threshold`` and the comparison.

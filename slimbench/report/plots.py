@@ -1,8 +1,8 @@
 """Report plots (matplotlib, Agg canvas, no pyplot state): loss-vs-lr U-curves, loss-vs-step curves, memory bars,
 and :func:`line_panels` for any other named series (an experiment's SNR vs depth, say).
 
-Each function takes rows from :mod:`slimbench.report.tables` (or the collection for curves), writes PNGs
-into a folder, and returns ``[(title, path)]``. Figures are built on ``matplotlib.figure.Figure`` with an
+Each function takes rows from the section modules (:mod:`slimbench.report.lr`, ...; or the collection for
+curves), writes PNGs into a folder, and returns ``[(title, path)]``. Figures are built on ``matplotlib.figure.Figure`` with an
 Agg canvas, so nothing touches a display or pyplot's global figure list (safe in tests and threads).
 """
 from __future__ import annotations
