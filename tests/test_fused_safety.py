@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from slimbench import SlimAdam
-from slimbench.optim import _fused
+from slimbench.optim import _checks, _fused
 from slimbench.optim._dispatch import slimadam
 from slimbench.optim._functional import AdamHyper, reduced_shape
 
@@ -99,9 +99,9 @@ def test_a_check_is_cached_but_a_new_state_is_checked_again() -> None:
     s = state((6, 4), (0,))
     _fused._fused_slimadam(*s, [(0,)], HP)
     calls = []
-    real = _fused.check_state
+    real = _checks.check_state
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_fused, "check_state", lambda *a: calls.append(1) or real(*a))
+        mp.setattr(_checks, "check_state", lambda *a: calls.append(1) or real(*a))
         _fused._fused_slimadam(*s, [(0,)], HP)
         assert calls == []
         s[3][0] = torch.zeros(1, 2)  # e.g. loaded from elsewhere

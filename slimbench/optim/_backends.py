@@ -37,7 +37,7 @@ class AdamHyper:
 
 class Backend(Protocol):
     """One way to run the fused update. ``scratch`` is a dict the caller keeps per call signature
-    (:func:`slimbench.optim._fused.signature`), where a backend may cache its choices and plans."""
+    (:func:`slimbench.optim._checks.signature`), where a backend may cache its choices and plans."""
 
     name: str
 

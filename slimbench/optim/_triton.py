@@ -52,6 +52,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from slimbench.optim._backends import AdamHyper, Lists, warn_once
+from slimbench.optim._checks import checked
 from slimbench.optim._native import native_view as view  # (O, R, I); None: K not a range
 
 __all__ = ["TRITON", "TRITON_STRICT", "available", "can_take", "interpreting", "step_bucket"]
@@ -333,7 +334,7 @@ def _ready(p: Tensor, g: Tensor, m: Tensor, v: Tensor, s: Tensor) -> bool:
 def step_lists(lists: Lists, hp: AdamHyper, scratch: dict, cpu_ok: bool = True) -> list[int]:
     """Update the tensors the kernel takes, one launch per (device, dtype); return the others' indices.
     ``cpu_ok`` False leaves CPU tensors alone even under the interpreter (``fused_backend="auto"``: the
-    native kernel's). The tensors must already fit their parameters (:func:`slimbench.optim._fused.check_state`)."""
+    native kernel's). The tensors must already fit their parameters (:func:`slimbench.optim._checks.check_state`)."""
     params, grads, exp_avgs, exp_avg_sqs, steps, dims = lists
     scratch = scratch.setdefault(cpu_ok, {})
     groups = scratch.get("groups")
@@ -357,10 +358,8 @@ def step_lists(lists: Lists, hp: AdamHyper, scratch: dict, cpu_ok: bool = True) 
 
 def step_bucket(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
                 steps: list[Tensor], dims: list[tuple[int, ...]], hp: AdamHyper) -> list[int]:
-    """The narrow entry point: check the state (:func:`~slimbench.optim._fused.check_state`; a ValueError
+    """The narrow entry point: check the state (:func:`~slimbench.optim._checks.check_state`; a ValueError
     before anything is updated), then update what the kernel takes; returns the indices it left."""
-    from slimbench.optim._fused import checked  # imported here: _fused imports this module
-
     entry = checked(params, grads, exp_avgs, exp_avg_sqs, steps, dims)
     idx = list(range(len(params))) if entry.keep is None else entry.keep
     if not idx:
