@@ -1,21 +1,29 @@
-"""SlimAdam on sharded parameters: FSDP2 (``torch.distributed.fsdp.fully_shard``, DTensors) and DDP.
+"""SlimAdam on sharded parameters: FSDP2 (``torch.distributed.fsdp.fully_shard``), tensor parallelism (DTensors)
+and DDP.
 
 DDP needs nothing: every rank holds whole parameters and all-reduced gradients, so every rank takes the
 single-process step. Under FSDP2 a parameter is a DTensor sharded on dim 0 (``Shard(0)``: torch's chunking,
-so the last ranks may hold fewer rows, or none). SlimAdam steps the local shards and decides, per tensor,
+so the last ranks may hold fewer rows, or none). Under tensor parallelism
+(``torch.distributed.tensor.parallel.parallelize_module``) ``ColwiseParallel`` shards an ``nn.Linear``
+weight (out, in) on dim 0 and ``RowwiseParallel`` on dim 1 (``Shard(1)``: each rank holds a block of input
+columns). Nothing here is specific to dim 0: SlimAdam steps the local shards and decides, per tensor,
 from its compression dims K and its sharded dims S:
 
-* **K includes a sharded dim** (the paper's fan_out rules for value, output and MLP weights of an
-  ``nn.Linear``; all dims): each rank sums G*G over K on its shard, the partial sums of every such tensor
-  of a call are added across ranks in **one** all-reduce (one flat buffer per accumulation dtype), and
-  each divides by the whole tensor's n_K. V then has the same values on every rank, so it is stored
-  **replicated** at the reduced shape (a ``Replicate()`` DTensor: the K dims are size 1, so it is small).
-* **K over local dims only** (fan_in of an ``nn.Linear``, K = ()): no communication. V keeps the sharded
-  dim, so it is **sharded like the parameter** (``Shard(0)`` of the global reduced shape; each rank holds
-  the rows of its own shard).
+* **K includes a sharded dim** (FSDP2 with the paper's fan_out rules for value, output and MLP weights;
+  a Rowwise ``Shard(1)`` weight with K = fan_in (1,); all dims): each rank sums G*G over K on its shard,
+  the partial sums of every such tensor of a call are added across ranks in **one** all-reduce (one flat
+  buffer per accumulation dtype), and each divides by the whole tensor's n_K. V then has the same values
+  on every rank, so it is stored **replicated** at the reduced shape (a ``Replicate()`` DTensor: the K
+  dims are size 1, so it is small; a Rowwise weight with K = (1,) keeps a replicated (out, 1) V).
+* **K over local dims only** (FSDP2 with fan_in; a Rowwise weight with K = fan_out (0,); K = ()): no
+  communication. V keeps the sharded dim, so it is **sharded like the parameter** (the same ``Shard(d)``
+  of the global reduced shape: a Rowwise weight with K = (0,) holds V (1, in) on ``Shard(1)``, each rank
+  the columns of its own shard).
 
-``exp_avg`` is sharded like the parameter (as torch's AdamW keeps it). With both placements expressed as
-DTensors, ``torch.distributed.checkpoint`` saves and reshards SlimAdam's state like any other.
+``exp_avg`` is sharded like the parameter (as torch's AdamW keeps it). A gradient whose placements differ
+from its parameter's (tensor parallelism hands an empty shard a ``Replicate()`` gradient) is redistributed
+to them first (:func:`local_grad`). With both placements expressed as DTensors,
+``torch.distributed.checkpoint`` saves and reshards SlimAdam's state like any other.
 
 Not supported (a one-line error at the first step): fused weights with blocks (Q|K|V) that are sharded
 (a block's rows would straddle ranks), placements other than Shard/Replicate (e.g. Partial), and
@@ -45,6 +53,19 @@ def is_sharded(t: object) -> bool:
 def local(t: Tensor) -> Tensor:
     """The rank's own part of ``t`` (``t`` itself when it is a plain tensor); writes go through."""
     return t._local_tensor if is_sharded(t) else t
+
+
+def local_grad(p: Tensor) -> Tensor:
+    """The rank's part of ``p.grad`` laid out like its part of ``p``.
+
+    Autograd need not give a DTensor's gradient the parameter's placements: under tensor parallelism the
+    gradient of a parameter whose shard on this rank is empty comes back ``Replicate()`` (torch 2.13), and
+    a ``Partial`` one is possible. Such a gradient is redistributed to the parameter's placements first
+    (Replicate -> Shard is a local slice; Partial -> Shard a reduce-scatter)."""
+    g = p.grad
+    if is_sharded(g) and tuple(g.placements) != tuple(p.placements):
+        g = g.redistribute(p.device_mesh, p.placements)
+    return local(g)
 
 
 def sharded_dims(p: Tensor, name: str = "parameter") -> dict[int, int]:

@@ -148,6 +148,89 @@ def check_equivalence(mode: str, steps: int = 6, quick: bool = False) -> dict:
     return errs
 
 
+def step_counting_all_reduces(opt: torch.optim.Optimizer) -> int:
+    """``opt.step()`` then ``zero_grad()``; returns the ``dist.all_reduce`` calls the step issued."""
+    calls = 0
+    real = dist.all_reduce
+
+    def counting(*a, **kw):
+        nonlocal calls
+        calls += 1
+        return real(*a, **kw)
+    dist.all_reduce = counting
+    try:
+        opt.step()
+    finally:
+        dist.all_reduce = real
+    opt.zero_grad()
+    return calls
+
+
+class TPNet(nn.Module):
+    """Two tensor-parallel pairs (torch's ColwiseParallel: weight and bias Shard(0); RowwiseParallel: weight
+    Shard(1), bias Replicate): 7 hidden features (uneven shards at 2 and 3 ranks) and 2 (an empty tail shard
+    on both dims at 3 ranks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(5, 7), nn.Linear(7, 4)
+        self.fc3, self.fc4 = nn.Linear(4, 2), nn.Linear(2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc4(torch.tanh(self.fc3(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))))
+
+
+TP_K = ((), (0,), (1,), (0, 1))
+TP_MIX = {"fc1.weight": [0], "fc2.weight": [1], "fc3.weight": [1], "fc4.weight": [0, 1]}  # crossing and local
+
+
+def _tp_train(model: nn.Module, rules: object, flags: dict, steps: int) -> tuple[torch.optim.Optimizer, int]:
+    """``steps`` SlimAdam steps on TPNet; returns the optimizer and the all-reduces of the last step."""
+    from slimbench import SlimAdam
+
+    opt = SlimAdam(model, lr=0.02, betas=(0.9, 0.99), weight_decay=0.1, rules=rules, **flags)
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    calls = 0
+    for s in range(steps):
+        model(x * (1 + 0.1 * s)).square().mean().backward()
+        calls = step_counting_all_reduces(opt)
+    return opt, calls
+
+
+def check_tensor_parallel(steps: int = 6, quick: bool = False) -> dict:
+    """SlimAdam on a tensor-parallel model (parallelize_module: fc1/fc3 Colwise, Shard(0); fc2/fc4 Rowwise,
+    Shard(1)) == one process, for K = (), (0,), (1,), (0, 1) on every weight and one mix, on the for-loop,
+    foreach and fused paths (``quick``: K = (1,) and the mix): a K with dim 1 crosses ranks on the Rowwise
+    weights, one with dim 0 on the Colwise ones. Also V's global shape and placements per weight, and
+    the all-reduces of one step."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    torch.manual_seed(0)
+    base = TPNet().double()
+    # DTensors between the pairs: the local output of an uneven shard would be taken for an even one
+    plan = {"fc1": ColwiseParallel(use_local_output=False), "fc2": RowwiseParallel(),
+            "fc3": ColwiseParallel(use_local_output=False), "fc4": RowwiseParallel()}
+    configs: dict[str, object] = {f"K={list(k)}": {f"fc{i}.weight": list(k) or "none" for i in range(1, 5)}
+                                  for k in TP_K if not quick or k == (1,)}
+    configs["mix"] = TP_MIX
+    paths = {"loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+    out: dict[str, dict] = {"errs": {}, "v": {}, "all_reduces": {}}
+    for (cname, rules), (pname, flags) in itertools.product(configs.items(), paths.items()):
+        ref = copy.deepcopy(base)
+        ref_opt, _ = _tp_train(ref, rules, flags, steps)
+        m = parallelize_module(copy.deepcopy(base), mesh, plan)
+        opt, calls = _tp_train(m, rules, flags, steps)
+        out["errs"][f"{cname} {pname}"] = max_err(ref, ref_opt, m, opt)
+        out["all_reduces"][f"{cname} {pname}"] = calls
+        for name, p in m.named_parameters():
+            if name.endswith("weight") and pname == "loop":
+                v = opt.state[p]["exp_avg_sq"]
+                out["v"][f"{cname} {name}"] = (p.placements, tuple(v.shape), v.placements)
+    return out
+
+
 def count_collectives() -> dict:
     """Collectives issued by one SlimAdam step under FSDP2 with the paper rules: one all-reduce per call
     with a K over the sharded dim (one param group, weight decay split: the 1-D call has none)."""
@@ -160,19 +243,7 @@ def count_collectives() -> dict:
         for flags in (dict(foreach=False), dict(foreach=True), dict(fused=True)):
             opt = SlimAdam(m, lr=0.01, weight_decay=0.1, rules=rules, **flags)
             loss_fn(m, 0).backward()
-            calls = []
-            real = dist.all_reduce
-
-            def counting(*a, **kw):
-                calls.append(a[0].numel())
-                return real(*a, **kw)
-            dist.all_reduce = counting
-            try:
-                opt.step()
-            finally:
-                dist.all_reduce = real
-            opt.zero_grad()
-            out[f"{name} {next(iter(flags.items()))}"] = len(calls)
+            out[f"{name} {next(iter(flags.items()))}"] = step_counting_all_reduces(opt)
     return out
 
 
@@ -335,7 +406,8 @@ def check_registry(steps: int = 2) -> dict:
 
 CHECKS = {"fsdp": lambda: check_equivalence("fsdp"), "ddp": lambda: check_equivalence("ddp"),
           "fsdp-quick": lambda: check_equivalence("fsdp", quick=True), "collectives": count_collectives, "snr": check_snr, "audit": check_audit_per_rank,
-          "ckpt-save": checkpoint_save, "registry": check_registry, "ckpt-resume": checkpoint_resume}
+          "ckpt-save": checkpoint_save, "tp": check_tensor_parallel,
+          "tp-quick": lambda: check_tensor_parallel(quick=True), "registry": check_registry, "ckpt-resume": checkpoint_resume}
 
 
 def main(rank: int, world: int, port: int, checks: list[str], out: str) -> None:

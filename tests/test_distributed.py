@@ -4,11 +4,12 @@ groups of 2, 3 and 4 ranks on 127.0.0.1: each equals one process to 1e-12 in fp6
 
 The default run spawns 3 ranks once (uneven and empty tail shards) for the paper rules and four K of the
 4-D weight on every path, AdaLayer, groups + schedule, the collective count, the SNR tracker and the
-per-rank audit (`audit --world-size`: its arithmetic == each rank's measured ledger, to the byte) (20 s
-on a quiet 2-core machine, 40 s busy). The full matrix, every K of the 2-D and 4-D weights, FSDP2 and DDP
+per-rank audit (`audit --world-size`: its arithmetic == each rank's measured ledger, to the byte), and
+tensor parallelism (Shard(1) Rowwise and Shard(0) Colwise Linears, K = (1,) and a mix) (30 s on a quiet
+2-core machine, 60 s busy). The full matrix, every K of the 2-D and 4-D weights, FSDP2 and DDP
 at 2, 3 and 4 ranks (about 4 minutes in all), and the checkpoint round trip (3 spawns, 30-80 s) are
 marked ``distributed`` and run by ``.ci/run``: ``python -m pytest -m distributed tests/test_distributed.py``.
-So is the torchrun run of ``slimbench run --fsdp`` against the one-process run (3 ranks, about 15 s), every
+So are tensor parallelism at 2 and 3 ranks with every K of the 2-D weights (about 15 s each), the torchrun run of ``slimbench run --fsdp`` against the one-process run (3 ranks, about 15 s), every
 registry optimizer under FSDP2 at 2 and 3 ranks against its ``sharded`` flag (about 15 s), and one printed
 ``--fsdp 2 --print-commands`` line run by sh (about 10 s)."""
 from __future__ import annotations
@@ -46,7 +47,7 @@ def spawn(world: int, checks: list[str], tmp_path: Path) -> list[dict]:
 
 _cache: dict[tuple, list[dict]] = {}
 FULL = ("fsdp", "ddp", "collectives", "audit")
-QUICK = ("fsdp-quick", "collectives", "snr", "audit")
+QUICK = ("fsdp-quick", "collectives", "snr", "audit", "tp-quick")
 
 
 def results(world: int, checks: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
@@ -79,6 +80,46 @@ def test_fsdp2_equals_one_process_quick(world: int, tmp_path_factory: pytest.Tem
         snr = r["snr"]
         assert snr["same_keys"] and snr["entries"] == 4 and snr["values"] >= 4 * 3 * 3, snr
         assert snr["max_rel_err"] <= 1e-12, snr
+
+
+TP_SHAPES = {"fc1.weight": (7, 5), "fc2.weight": (4, 7), "fc3.weight": (2, 4), "fc4.weight": (3, 2)}
+
+
+def assert_tensor_parallel(res: list[dict], check: str, configs: int) -> None:
+    """Every rank: == one process (1e-12), one all-reduce per step exactly when some K crosses ranks, and V
+    at the reduced shape, Replicate() where K holds the sharded dim (a Rowwise Shard(1) weight with
+    K = (1,)), else sharded like the weight (that weight with K = (0,): V (1, in) on Shard(1))."""
+    import json
+
+    from torch.distributed.tensor import Replicate, Shard
+
+    for rank, r in enumerate(res):
+        tp = r[check]
+        assert len(tp["errs"]) == 3 * configs, sorted(tp["errs"])
+        bad = {k: v for k, v in tp["errs"].items() if not v <= 1e-12}
+        assert not bad, f"rank {rank}: {bad}"
+        assert tp["all_reduces"] == {k: int(not k.startswith("K=[] ")) for k in tp["errs"]}, tp["all_reduces"]
+        assert len(tp["v"]) == 4 * configs, sorted(tp["v"])
+        for key, (p_pl, shape, v_pl) in tp["v"].items():
+            cname, name = key.rsplit(" ", 1)
+            k = tuple(dist_worker.TP_MIX[name]) if cname == "mix" else tuple(json.loads(cname[2:]))  # "K=[0, 1]"
+            assert p_pl == ((Shard(0),) if name in ("fc1.weight", "fc3.weight") else (Shard(1),)), (key, p_pl)
+            assert shape == tuple(1 if d in k else n for d, n in enumerate(TP_SHAPES[name])), (key, shape)
+            assert v_pl == ((Replicate(),) if p_pl[0].dim in k else p_pl), (key, v_pl)
+
+
+def test_tensor_parallel_shard1_quick(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """3 ranks (uneven shards; an empty one on each dim), K = (1,) on every weight and a mix (K = (0,) on a
+    Colwise Shard(0) weight, (1,) on a Rowwise Shard(1) one, ...) on the loop, foreach and fused paths."""
+    assert_tensor_parallel(results(3, QUICK, tmp_path_factory), "tp-quick", 2)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("world", [2, 3])
+def test_tensor_parallel_shard1_equals_one_process(world: int, tmp_path: Path) -> None:
+    """torch's tensor parallelism (parallelize_module: ColwiseParallel Shard(0), RowwiseParallel Shard(1)) at 2
+    and 3 ranks: K = (), (0,), (1,), (0, 1) on every weight and a mix, on every path, 6 steps, fp64."""
+    assert_tensor_parallel(spawn(world, ["tp"], tmp_path), "tp", 5)
 
 
 @pytest.mark.distributed

@@ -310,7 +310,7 @@ class SlimAdam(Optimizer):
                 wholes.append(p)
                 if sharded:
                     params.append(p._local_tensor)
-                    grads.append(p.grad._local_tensor)
+                    grads.append(distributed.local_grad(p))
                     exp_avgs.append(state["exp_avg"]._local_tensor)
                     exp_avg_sqs.append(state["exp_avg_sq"]._local_tensor)
                     any_sharded = True
