@@ -10,8 +10,9 @@ tensor parallelism (Shard(1) Rowwise and Shard(0) Colwise Linears, K = (1,) and 
 at 2, 3 and 4 ranks (about 4 minutes in all), and the checkpoint round trip (3 spawns, 30-80 s) are
 marked ``distributed`` and run by ``.ci/run``: ``python -m pytest -m distributed tests/test_distributed.py``.
 So are tensor parallelism at 2 and 3 ranks with every K of the 2-D weights (about 15 s each), the torchrun run of ``slimbench run --fsdp`` against the one-process run (3 ranks, about 15 s), every
-registry optimizer under FSDP2 at 2 and 3 ranks against its ``sharded`` flag (about 15 s), and one printed
-``--fsdp 2 --print-commands`` line run by sh (about 10 s)."""
+registry optimizer under FSDP2 at 2 and 3 ranks against its ``sharded`` flag (about 15 s), one printed
+``--fsdp 2 --print-commands`` line run by sh (about 10 s), and ``--fsdp 2 --executor submitit`` on submitit's
+local executor (2 jobs of 2 tasks, about 40 s; skipped without submitit: ``pip install -e '.[cluster]'``)."""
 from __future__ import annotations
 
 import socket
@@ -167,50 +168,88 @@ def test_checkpoint_saved_on_2_ranks_resumes_on_3_and_on_1(tmp_path: Path) -> No
             assert r["ckpt-resume"]["err"] <= 1e-12, (world, rank, r)
 
 
-@pytest.mark.distributed
-def test_torchrun_fsdp_run_matches_one_process(tmp_path: Path) -> None:
-    """`torchrun --nproc_per_node 3 -m slimbench run ... --fsdp` (gloo on CPU) trains the tiny gpt task sharded:
-    rank 0 writes one result per run, named and configured with the world size, whose losses equal the
-    one-process run's within fp32 tolerance (the same batches on every rank: FSDP2 averages equal grads)."""
-    import json
+GPT_ARGS = ["-m", "slimbench", "run", "--task", "gpt", "--optimizers", "slimadam,adamw", "--steps", "12",
+            "--no-progress"]
+
+
+def run_one_process(out: Path) -> tuple[dict, list[str]]:
+    """The tiny gpt task, SlimAdam and AdamW, 12 steps, in one process into ``out``; returns (env, args)."""
     import os
     import subprocess
 
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    args = ["-m", "slimbench", "run", "--task", "gpt", "--optimizers", "slimadam,adamw", "--steps", "12",
-            "--no-progress"]
-    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+    one = subprocess.run([sys.executable, *GPT_ARGS, "--out", str(out)], env=env, capture_output=True,
                          text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3",
-                              *args, "--out", str(tmp_path / "fsdp"), "--fsdp"], env=env, capture_output=True,
-                             text=True, timeout=300)
-    assert sharded.returncode == 0, sharded.stderr[-3000:]
-    files = sorted((tmp_path / "fsdp").glob("*.json"))
-    assert len(files) == 2 and all(f.stem.endswith("_fsdp3") for f in files), [f.name for f in files]
+    return env, list(GPT_ARGS)
+
+
+def assert_sharded_results_match(sharded: Path, one: Path, world: int, runs: int, steps: int) -> None:
+    """Each ``_fsdpN`` result in ``sharded`` records the world size, and its losses equal the one-process
+    result's within fp32 tolerance (the same batches on every rank: FSDP2 averages equal grads)."""
+    import json
+
+    files = sorted(sharded.glob("*.json"))
+    assert len(files) == runs and all(f.stem.endswith(f"_fsdp{world}") for f in files), [f.name for f in files]
     for f in files:
         a = json.loads(f.read_text())
-        b = json.loads((tmp_path / "one" / f.name.replace("_fsdp3", "")).read_text())
-        assert a["config"]["fsdp"] == 3 and "fsdp" not in b["config"]
-        assert a["env"]["world_size"] == 3 and a["env"]["backend"] == "gloo"
+        b = json.loads((one / f.name.replace(f"_fsdp{world}", "")).read_text())
+        assert a["config"]["fsdp"] == world and "fsdp" not in b["config"]
+        assert a["env"]["world_size"] == world and a["env"]["backend"] == "gloo"
         per_rank = a["memory"]["per_rank_state_bytes"]
-        assert len(per_rank) == 3 and per_rank[0] == a["memory"]["state_bytes"] < b["memory"]["state_bytes"]
-        assert len(a["train_loss"]) == len(b["train_loss"]) == 12
+        assert len(per_rank) == world and per_rank[0] == a["memory"]["state_bytes"] < b["memory"]["state_bytes"]
+        assert len(a["train_loss"]) == len(b["train_loss"]) == steps
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6), f.name
         assert [v["loss"] for v in a["val"]] == pytest.approx([v["loss"] for v in b["val"]], rel=1e-5), f.name
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), f.name
 
 
+@pytest.mark.distributed
+def test_torchrun_fsdp_run_matches_one_process(tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node 3 -m slimbench run ... --fsdp` (gloo on CPU) trains the tiny gpt task sharded:
+    rank 0 writes one result per run, named and configured with the world size, whose losses equal the
+    one-process run's within fp32 tolerance (the same batches on every rank: FSDP2 averages equal grads)."""
+    import subprocess
+
+    env, args = run_one_process(tmp_path / "one")
+    sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3",
+                              *args, "--out", str(tmp_path / "fsdp"), "--fsdp"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    assert_sharded_results_match(tmp_path / "fsdp", tmp_path / "one", world=3, runs=2, steps=12)
+
+
+@pytest.mark.distributed
+def test_submitit_fsdp_job_matches_one_process(tmp_path: Path) -> None:
+    """`run ... --fsdp 2 --executor submitit --executor-opt cluster=local`: submitit's own local executor runs
+    each run as one job of 2 tasks (tasks_per_node=2), each joining the process group from submitit's
+    TorchDistributedEnvironment; rank 0's result == the one-process run within fp32 tolerance."""
+    import subprocess
+
+    pytest.importorskip("submitit", reason="needs submitit: pip install -e '.[cluster]'")
+    env, args = run_one_process(tmp_path / "one")
+    opts = ["--executor", "submitit", "--executor-opt", "cluster=local", "--executor-opt", "timeout_min=10"]
+    got = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "sub"), "--fsdp", "2", *opts], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-3000:]
+    assert_sharded_results_match(tmp_path / "sub", tmp_path / "one", world=2, runs=2, steps=12)
+    logs = sorted(p.name for p in (tmp_path / "sub" / ".submitit").glob("*_log.out"))
+    assert len(logs) == 4 and {n.rsplit("_", 2)[1] for n in logs} == {"0", "1"}, logs  # 2 jobs x 2 tasks
+
+
 @pytest.mark.parametrize("extra, message", [([], "--fsdp needs torchrun's environment"),
                                             (["--print-commands"], "needs the world size: --fsdp N"),
-                                            (["--executor", "submitit"], "does not go with --executor submitit")])
+                                            (["--executor", "submitit"], "needs the world size: --fsdp N"),
+                                            (["2", "--executor", "submitit"], "pip install -e '.[cluster]'")])
 def test_fsdp_outside_torchrun_is_one_line(extra: list[str], message: str, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bad --fsdp input, and --executor submitit without submitit installed: one line, exit 2, no result."""
     from slimbench.cli import main
 
     for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import fails as if not installed
     assert main(["run", "--task", "gpt", "--steps", "1", "--out", str(tmp_path), "--fsdp", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err

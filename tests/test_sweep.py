@@ -181,8 +181,9 @@ def test_cli_print_commands_and_errors(tmp_path, capsys):
 def test_submitit_executor_missing_and_present(tmp_path, monkeypatch):
     runs = _sweep(optimizers=("adamw",), lrs=(1e-2,)).runs()
     monkeypatch.setitem(sys.modules, "submitit", None)  # import fails as if not installed
-    with pytest.raises(ValueError, match="pip install submitit"):
+    with pytest.raises(ValueError, match="pip install submitit") as err:
         sw.run_sweep(runs, tmp_path, executor="submitit")
+    assert "pip install -e '.[cluster]'" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ValueError, match="unknown executor 'ray'"):
         sw.run_sweep(runs, tmp_path, executor="ray")
 
@@ -208,6 +209,56 @@ def test_submitit_executor_missing_and_present(tmp_path, monkeypatch):
     monkeypatch.setattr(sw.runner, "build_optimizer", CountingAdamW())
     outcomes = sw.run_sweep(runs, tmp_path, executor="submitit", executor_options={"timeout_min": 5})
     assert [o.status for o in outcomes] == ["finished"] and result_path(tmp_path, runs[0]).exists()
+
+
+def test_submitit_launches_a_sharded_run_as_one_job_of_n_tasks(tmp_path, monkeypatch):
+    """A run with fsdp=N is submitted as one job of N tasks (tasks_per_node=N, or N / nodes) running the
+    per-task entry point; an unsharded run of the same sweep gets one task; `cluster` picks the executor
+    and is not an update_parameters keyword; jobs get the sweep's threads. (The real local executor with
+    2 tasks is tests/test_distributed.py::test_submitit_fsdp_job_matches_one_process.)"""
+    import dataclasses
+
+    submitted: list[tuple] = []
+
+    class Job:
+        job_id = "7"
+
+        def __init__(self, args):
+            self.args = args
+
+        def results(self):
+            return [{"status": "finished", "path": None, "message": ""}, None]
+
+        def result(self):
+            return {"status": "finished", "path": None, "message": ""}
+
+    class AutoExecutor:
+        def __init__(self, folder, cluster=None):
+            self.cluster, self.params = cluster, {}
+
+        def update_parameters(self, **kw):
+            assert "cluster" not in kw
+            self.params.update(kw)
+
+        def submit(self, fn, *args):
+            submitted.append((self.cluster, fn, dict(self.params), args))
+            return Job(args)
+
+    monkeypatch.setitem(sys.modules, "submitit", types.SimpleNamespace(AutoExecutor=AutoExecutor))
+    plain = _sweep(optimizers=("adamw",), lrs=(1e-2,)).runs()
+    runs = [dataclasses.replace(plain[0], fsdp=4), plain[0], dataclasses.replace(plain[0], fsdp=2)]
+    outcomes = sw.run_sweep(runs, tmp_path, executor="submitit", threads=3,
+                            executor_options={"cluster": "local", "timeout_min": 9})
+    assert [o.status for o in outcomes] == ["finished"] * 3
+    assert [(c, fn, p["tasks_per_node"], p["timeout_min"]) for c, fn, p, _ in submitted] == [
+        ("local", sw._submitit_fsdp_job, 4, 9), ("local", sw._submitit_job, 1, 9), ("local", sw._submitit_fsdp_job, 2, 9)]
+    assert [a[0]["fsdp"] for *_, a in submitted if "fsdp" in a[0]] == [4, 2] and all(a[2] == 3 for *_, a in submitted)
+    submitted.clear()
+    sw.run_sweep(runs[:1], tmp_path, executor="submitit", executor_options={"nodes": 2})
+    assert submitted[0][2] == {"nodes": 2, "tasks_per_node": 2}
+    for opts, msg in (({"nodes": 3}, "cannot spread over nodes=3"), ({"tasks_per_node": 3}, "contradicts fsdp=4")):
+        with pytest.raises(ValueError, match=msg):
+            sw.run_sweep(runs[:1], tmp_path, executor="submitit", executor_options=opts)
 
 
 @pytest.mark.realdata

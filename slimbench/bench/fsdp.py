@@ -1,6 +1,8 @@
-"""Runs under FSDP2 (``torchrun --nproc_per_node N -m slimbench run ... --fsdp``): process group and sharding.
+"""Runs under FSDP2 (``torchrun --nproc_per_node N -m slimbench run ... --fsdp``, or one submitit job of N
+tasks: ``run ... --fsdp N --executor submitit``): process group and sharding.
 
-The process group comes from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...):
+The process group comes from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...; a
+submitit task exports the same variables from its job first, :mod:`slimbench.bench.sweep`):
 gloo for CPU tensors and, where CUDA is present, NCCL for CUDA tensors (``"cpu:gloo,cuda:nccl"``), so the
 same command runs on a laptop and on a GPU node (today's tasks build on CPU, so gloo carries their
 collectives; the NCCL mapping is untested here). The model is sharded where the task built it: every block

@@ -13,9 +13,13 @@ Executors (the local loop is the default):
 
 * ``"local"``: one run after another in this process.
 * ``"submitit"``: one job per pending run through ``submitit.AutoExecutor`` (Slurm, or local processes
-  where there is no Slurm), if submitit is installed; ``executor_options`` go to ``update_parameters``
-  (``timeout_min``, ``slurm_partition``, ``cpus_per_task``, ...). Each job writes its own file, so the
-  same resume rule holds.
+  where there is no Slurm), if submitit is installed (``pip install -e '.[cluster]'``); ``executor_options``
+  go to ``update_parameters`` (``timeout_min``, ``slurm_partition``, ``cpus_per_task``, ...), except
+  ``cluster`` (AutoExecutor's own: ``"local"``, ``"slurm"``). Each job writes its own file, so the same
+  resume rule holds. A run with ``fsdp=N`` is one job of N tasks (``tasks_per_node=N``, or N / ``nodes``
+  per node when ``nodes`` is given): each task joins the job's process group from
+  ``submitit.helpers.TorchDistributedEnvironment`` and trains the same run as a torchrun rank does; rank 0
+  writes the file.
 * any other job system: :func:`commands` gives one POSIX shell command per pending run, on one line
   (``<this python> -m slimbench run ... --threads N --out DIR`` for exactly that run, every argument
   ``shlex``-quoted, so any ``--out`` path is data, never code), to hand to a scheduler (``xargs -d '\n'``,
@@ -38,6 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from slimbench.bench import fsdp as _fsdp
 from slimbench.bench import runner
 from slimbench.bench.results import (DEFAULT_DIVERGENCE_FACTOR, RunConfig, RunResult, load_result, result_path,
                                      save_result)
@@ -172,15 +179,47 @@ def run_and_save(config: RunConfig, out: str | Path, *, optimizer_factory=None, 
     return RunOutcome(config, result.status, str(path), msg, result)
 
 
-def _submitit_job(config_dict: dict, out: str) -> dict:
+def _submitit_job(config_dict: dict, out: str, threads: int | None = None) -> dict:
     """What a submitit job runs (module-level so it pickles): one run, its file written by the job."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     outcome = run_and_save(RunConfig.from_dict(config_dict), out)
     return {"status": outcome.status, "path": outcome.path, "message": outcome.message}
 
 
+def _submitit_fsdp_job(config_dict: dict, out: str, threads: int | None = None) -> dict | None:
+    """One task of a submitit job of ``fsdp`` tasks: join the job's process group (submitit's environment
+    exported as torchrun's, MASTER_ADDR = the job's first node), then train the run as a torchrun rank
+    does. Rank 0 writes the file and returns its outcome (``job.result()`` is task 0's); the others None."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    # overwrite: a job started from inside a torchrun or another job must not inherit its rank or port;
+    # every GPU stays visible: the runner's process group picks cuda:LOCAL_RANK
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    config = RunConfig.from_dict(config_dict)
+    world = _fsdp.init_from_env()
+    ok = False
+    try:
+        if world != config.fsdp:
+            raise ValueError(f"run {config.run_id} needs {config.fsdp} ranks, the job has {world} tasks")
+        if _fsdp.rank() == 0:
+            outcome = run_and_save(config, out)
+            got: dict | None = {"status": outcome.status, "path": outcome.path, "message": outcome.message}
+        else:
+            runner.run(config)
+            got = None
+        ok = True
+        return got
+    finally:
+        _fsdp.finish(ok)
+
+
 def run_sweep(runs: Sequence[RunConfig], out: str | Path, *, executor: str = "local",
               executor_options: Mapping[str, Any] | None = None, optimizer_factory=None,
-              on_event: EventCallback | None = None, keep_going: bool = True) -> list[RunOutcome]:
+              on_event: EventCallback | None = None, keep_going: bool = True,
+              threads: int | None = None) -> list[RunOutcome]:
     """Run every run of ``runs`` that has no result file in ``out`` yet; return one outcome per run.
 
     Args:
@@ -192,6 +231,7 @@ def run_sweep(runs: Sequence[RunConfig], out: str | Path, *, executor: str = "lo
         on_event: progress callback (see :data:`EventCallback`).
         keep_going: a run that raises records outcome "error" and the sweep goes on; False re-raises.
             KeyboardInterrupt always stops the sweep (finished files are kept).
+        threads: torch threads of each submitit job (results depend on it; None: the job's default).
     """
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
@@ -201,7 +241,7 @@ def run_sweep(runs: Sequence[RunConfig], out: str | Path, *, executor: str = "lo
     if executor == "submitit":
         if optimizer_factory is not None:
             raise ValueError("optimizer_factory works with the local executor only (jobs use the registry)")
-        new = _run_submitit(pending, out, executor_options or {}, on_event)
+        new = _run_submitit(pending, out, executor_options or {}, on_event, threads)
     else:
         new = _run_local(pending, out, optimizer_factory, on_event, keep_going)
     outcomes.update((o.config.run_id, o) for o in new)
@@ -261,22 +301,39 @@ def _run_local(pending, out, optimizer_factory, on_event, keep_going) -> list[Ru
     return outcomes
 
 
-def _run_submitit(pending, out, options, on_event) -> list[RunOutcome]:
+def require_submitit() -> Any:
+    """The submitit module, or a one-line ValueError saying how to install it."""
     try:
         import submitit
     except ImportError:
-        raise ValueError("executor 'submitit' needs the submitit package (`pip install submitit`); without it, "
-                         "use the local executor or `--print-commands` to feed your own scheduler") from None
-    ex = submitit.AutoExecutor(folder=str(Path(out) / ".submitit"))
+        raise ValueError("executor 'submitit' needs the submitit package (`pip install -e '.[cluster]'` or "
+                         "`pip install submitit`); without it, use the local executor or `--print-commands` "
+                         "to feed your own scheduler") from None
+    return submitit
+
+
+def _run_submitit(pending, out, options, on_event, threads=None) -> list[RunOutcome]:
+    submitit = require_submitit()
+    options = dict(options)
+    cluster = options.pop("cluster", None)
+    ex = submitit.AutoExecutor(folder=str(Path(out) / ".submitit"), **({"cluster": cluster} if cluster else {}))
     if options:
         ex.update_parameters(**options)
-    jobs = [(cfg, ex.submit(_submitit_job, cfg.to_dict(), str(out))) for cfg in pending]
+    jobs = []
+    for cfg in pending:
+        if cfg.fsdp:  # one job of fsdp tasks; set per job, since runs of one sweep may differ
+            ex.update_parameters(tasks_per_node=_tasks_per_node(cfg.fsdp, options))
+            jobs.append((cfg, ex.submit(_submitit_fsdp_job, cfg.to_dict(), str(out), threads)))
+        else:
+            if "tasks_per_node" not in options:
+                ex.update_parameters(tasks_per_node=1)
+            jobs.append((cfg, ex.submit(_submitit_job, cfg.to_dict(), str(out), threads)))
     outcomes = []
     for cfg, job in jobs:
         if on_event:
             on_event("start", cfg, None)
         try:
-            got = job.result()
+            got = job.results()[0] if cfg.fsdp else job.result()  # a job of tasks: task 0 (rank 0) wrote the file
             outcome = RunOutcome(cfg, got["status"], got["path"], got["message"],
                                  load_result(got["path"]) if got["path"] else None)
         except Exception as e:  # noqa: BLE001 - a failed job is reported, the others are still collected
@@ -286,6 +343,18 @@ def _run_submitit(pending, out, options, on_event) -> list[RunOutcome]:
         if on_event:
             on_event("end", cfg, outcome)
     return outcomes
+
+
+def _tasks_per_node(world: int, options: Mapping[str, Any]) -> int:
+    """Tasks per node of a job for a run over ``world`` ranks: all on one node, or ``world / nodes``."""
+    nodes = options.get("nodes", 1)
+    if not isinstance(nodes, int) or nodes < 1 or world % nodes:
+        raise ValueError(f"a run with fsdp={world} cannot spread over nodes={nodes!r}: nodes must divide the world size")
+    given = options.get("tasks_per_node")
+    if given is not None and given != world // nodes:
+        raise ValueError(f"tasks_per_node={given!r} contradicts fsdp={world} over {nodes} node(s) "
+                         f"({world // nodes} per node); leave tasks_per_node out")
+    return world // nodes
 
 
 def _one_line(text: str) -> str:

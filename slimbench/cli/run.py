@@ -8,6 +8,7 @@ Examples:
     python -m slimbench run ... --commands-file jobs.txt     # then one job per line (e.g. a Slurm array)
     python -m slimbench run --list-tasks
     torchrun --nproc_per_node 2 -m slimbench run --task gpt --optimizers slimadam --fsdp   # sharded (FSDP2)
+    python -m slimbench run --task gpt --optimizers slimadam --fsdp 2 --executor submitit  # one job, 2 tasks
 
 Rerunning the same command skips runs whose result file exists; Ctrl-C keeps every finished run.
 Printed commands are one per line, every argument shell-quoted (any --out path is safe), and carry the
@@ -72,9 +73,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=int, default=_sweep.DEFAULT_THREADS,
                    help="torch threads (default %(default)s, as `experiment`); results depend on it")
     p.add_argument("--executor", choices=_sweep.EXECUTORS, default="local",
-                   help="local loop (default) or submitit jobs (needs `pip install submitit`)")
+                   help="local loop (default) or submitit jobs (needs `pip install -e '.[cluster]'`); with --fsdp N "
+                   "one job of N tasks per run")
     p.add_argument("--executor-opt", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="submitit update_parameters, e.g. timeout_min=60 slurm_partition=cpu")
+                   help="submitit update_parameters, e.g. timeout_min=60 slurm_partition=cpu nodes=2; "
+                   "cluster=local|slurm picks the executor")
     p.add_argument("--print-commands", action="store_true",
                    help="print one shell command per pending run, one per line (for a scheduler) and exit")
     p.add_argument("--commands-file", metavar="FILE",
@@ -82,7 +85,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--fsdp", type=_world_size, nargs="?", const=0, default=None, metavar="N",
                    help="train sharded by FSDP2 over torchrun's ranks (gloo on CPU, NCCL on GPU; N, if given, must "
                    "be torchrun's world size); rank 0 writes the results, whose run id and config record the world "
-                   "size. With --print-commands / --commands-file: N is required, one torchrun line per run")
+                   "size. With --print-commands / --commands-file: N is required, one torchrun line per run; "
+                   "with --executor submitit: N is required, one job of N tasks per run")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first run that raises")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-tasks", action="store_true", help="list tasks and presets and exit")
@@ -155,10 +159,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--fsdp with --print-commands / --commands-file needs the world size: --fsdp N "
                              "(one torchrun --nproc_per_node N line per run)")
         return _sweep_and_report(args, runs_of(args.fsdp), out)
+    if args.fsdp is not None and args.executor == "submitit":
+        if not args.fsdp:
+            raise ValueError("--fsdp with --executor submitit needs the world size: --fsdp N "
+                             "(one job of N tasks per run)")
+        return _sweep_and_report(args, runs_of(args.fsdp), out)
     if args.fsdp is not None:
-        if args.executor != "local":
-            raise ValueError("--fsdp runs in the processes torchrun starts; it does not go with --executor submitit "
-                             "(use --print-commands with --fsdp N, or launch torchrun from your scheduler)")
         world = _fsdp.init_from_env()
         if args.fsdp and args.fsdp != world:
             _fsdp.finish(False)
@@ -187,6 +193,8 @@ def _sweep_and_report(args: argparse.Namespace, runs: list, out: str) -> int:
               + (f" -> {args.commands_file}" if args.commands_file else ""), file=sys.stderr)
         return 0
 
+    if args.executor == "submitit":
+        _sweep.require_submitit()  # before the summary line: a missing package is the only line
     print(f"{len(runs)} runs -> {out}: {len(done)} already done, {len(pending)} to run", file=sys.stderr)
     steps = get_spec(args.task, args.preset, **dict(runs[0].overrides)).steps if runs else 0
     bar = None
@@ -208,7 +216,7 @@ def _sweep_and_report(args: argparse.Namespace, runs: list, out: str) -> int:
 
     try:
         outcomes = _sweep.run_sweep(runs, out, executor=args.executor, executor_options=dict(args.executor_opt),
-                                    on_event=on_event, keep_going=not args.fail_fast)
+                                    on_event=on_event, keep_going=not args.fail_fast, threads=args.threads)
     finally:
         if bar is not None:
             bar.close()
