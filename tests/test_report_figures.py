@@ -82,6 +82,9 @@ def test_every_section_has_its_figures_with_the_tables_numbers(tmp_path):
     assert types.data["fan_in"] == [snr_row["fan_in"]] and types.data["fan_in"][0] == pytest.approx(4.0)
     fused = next(d for d in drawn["step_time"] if "fused" in d.title)
     assert fused.data["vs_adamw"][fused.data["paths"].index("slimadam_fused")] == pytest.approx(0.8)
+    # this file predates the copy timing: no share of bandwidth is drawn, none is made up
+    assert fused.data["bandwidth_share"] is False and set(fused.data["pct_of_copy"]) == {None}
+    assert _png_size(fused.path) == (1320, 429)  # three panels: 12.0 x 3.9 in
     assert figures.Palette(["SlimAdam (paper rules)", "AdamW"])("AdamW") == "#000000"
 
 
@@ -125,3 +128,32 @@ def test_seed_bootstrap_enumerates_every_resample():
     iv = seed_bootstrap([0, 1], lambda ss: sum(values[s] for s in ss) / len(ss))
     assert (iv.estimate, iv.lo, iv.hi, iv.method) == (2.0, 1.0, 3.0, "bootstrap")  # resamples 1, 2, 2, 3
     assert seed_bootstrap([0], lambda ss: 5.0).lo is None and seed_bootstrap([0, 1], lambda ss: None) is None
+
+
+def test_fused_figure_shows_the_share_of_the_copy_bandwidth_the_table_shows(tmp_path):
+    """A fused-suite file with the roofline fields: a fourth panel, GB/s as % of the copy timed in the same
+    rounds, and its numbers are the fused table's columns."""
+    from slimbench.report import figures
+    from slimbench.report.step_time import fused_rows
+
+    ms = {"adamw_fused": 2.0, "adamw_foreach": 10.0, "slimadam_fused": 1.6}
+    per_param = {"adamw_fused": 28.0, "adamw_foreach": 28.0, "slimadam_fused": 20.06}
+    copy = {"adamw_fused": 20.0, "adamw_foreach": 18.0, "slimadam_fused": 25.0}
+    gbps = {p: per_param[p] * 1e6 / (ms[p] / 1e3) / 1e9 for p in ms}  # 1M params: 14 GB/s for fused AdamW
+    info = {"size": "s", "n_params": 1_000_000, "device": "cpu", "dtype": "float32", "threads": 1,
+            "ms_per_step": {p: {"min": v, "median": v} for p, v in ms.items()},
+            "effective_GBps": gbps, "bytes_per_param": per_param, "copy_GBps": copy,
+            "pct_of_copy": {p: 100 * gbps[p] / copy[p] for p in ms}, "state_bytes": {p: 1 for p in ms}}
+    e = bench_entry("s-adamw_fused", "adamw_fused", kind="fused_step", path="adamw_fused")
+    e["extra_info"].update(info)
+    write_bench(tmp_path / "fused.json", [e])
+    c = load([tmp_path / "fused.json"])
+    rows = fused_rows(c)
+    (d,) = figures.step_time([], rows, tmp_path / "out", figures.Palette([]), {})
+    assert d.data["bandwidth_share"] is True and _png_size(d.path) == (1760, 429)  # four panels: 16.0 x 3.9 in
+    assert d.data["paths"] == [r["path"] for r in rows]
+    assert d.data["gbps"] == [r["gbps"] for r in rows] and d.data["copy_gbps"] == [r["copy_gbps"] for r in rows]
+    assert d.data["pct_of_copy"] == [pytest.approx(100 * r["copy_fraction"]) for r in rows]
+    slim = d.data["paths"].index("slimadam_fused")
+    assert d.data["pct_of_copy"][slim] == pytest.approx(100 * gbps["slimadam_fused"] / 25.0)
+    assert d.data["copy_gbps"][slim] == 25.0

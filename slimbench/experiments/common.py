@@ -8,8 +8,10 @@ The concepts are their owners': candidate K and "best K" are :mod:`slimbench.snr
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from slimbench.layers import PAPER_DIMS, parse_dims
 from slimbench.report.load import Collection
@@ -30,6 +32,30 @@ def report_plots() -> ModuleType:
     from slimbench.report import plots as _plots
 
     return _plots
+
+
+def report_figures() -> ModuleType:
+    """slimbench.report.figures (the report's section figures, one style for report and experiments),
+    imported lazily for the reason of :func:`report_plots`."""
+    from slimbench.report import figures as _figures
+
+    return _figures
+
+
+def pairs(drawn: Sequence[Any]) -> list[tuple[str, str]]:
+    """The report's :class:`~slimbench.report.figures.Drawn` records as an analysis' (title, path) list."""
+    return [(d.title, d.path) for d in drawn]
+
+
+def display_names(c: Collection, rules_files: Sequence[Path] = ()) -> dict[str, str]:
+    """Registry name -> how the report names the optimizer ("SlimAdam (SNR rules, cutoff 1.0)"), with the
+    SNR rules files the runs used, so a legend never shows a rules hash."""
+    from slimbench.report.load import load
+    from slimbench.report.runs import display_name, rules_names
+
+    files = [f for f in rules_files if f.exists()]
+    rules = rules_names(load(files).rules) if files else {}
+    return {i.data.config.optimizer: display_name(i.data, rules) for i in c.runs}
 
 
 def best_role(per_role: Mapping[str, float]) -> tuple[str | None, float]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from slimbench.bench.results import RunResult
-from slimbench.experiments.common import labelled_lr_rows, report_plots, state_bytes
+from slimbench.experiments.common import display_names, labelled_lr_rows, pairs, report_figures, state_bytes
 from slimbench.experiments.engine import Analysis, Context
 from slimbench.experiments.steps import RulesStep, SNRStep, Step, SweepStep
 from slimbench.registry import get_spec as optimizer_spec
@@ -69,7 +69,8 @@ def plan_headline(quick: bool) -> list[Step]:
 
 
 def analyze_headline(ctx: Context, quick: bool) -> Analysis:
-    tables, plots, findings, missing = [], [], {}, []
+    tables, findings, missing = [], {}, []
+    figure_inputs: list[tuple] = []  # per task, what its figures draw (one palette over every task's names)
     known = HEADLINE_OPTIMIZERS
     plain = no_weight_decay(known)
     for h in (HEADLINE_QUICK if quick else HEADLINE_FULL):
@@ -115,20 +116,34 @@ def analyze_headline(ctx: Context, quick: bool) -> Analysis:
                             "lr width: hi / lo of the contiguous lrs around the best lr whose mean final val loss is "
                             "within 5% of the best, none diverged (slimbench report's robustness). state bytes: the "
                             "ledger's measured optimizer state after the first step (model parameters excluded)."))
-        plots.append(partial(report_plots().lr_curves, rows))
+        names = display_names(c, [ctx.out / "rules" / f"{h.task}-proxy.json"])
+        claims = [{"task": h.task, "optimizer": o, "best_lr": {"estimate": best[o][0]}} for o in opts]
+        figure_inputs.append((h.task, rows, claims, c, names))
         if adam_best is not None:
             at_best = Collection(runs=[i for i in c.runs if i.data.config.lr == adam_best])
             step_table = _val_vs_step(at_best, opts, f"{h.task}: validation loss vs step at AdamW's best lr "
                                                      f"{adam_best:g}")
             if step_table.rows:
                 tables.append(step_table)
-                plots.append(partial(report_plots().loss_curves, at_best, task_of=lambda r, t=h.task: t))
         if ctx.has("rules", f"{h.task}-proxy"):
             rules = ctx.rules(f"{h.task}-proxy")
             derived = rules["provenance"].get("derived", {})
             findings[f"{h.task}_proxy_rules_saved_fraction"] = derived.get("saved_fraction")
         findings[h.task] = {"best": best, "state_bytes": mem, "adam_best_lr": adam_best}
-    return Analysis(tables, plots, findings, missing)
+    return Analysis(tables, _figures(figure_inputs), findings, missing)
+
+
+def _figures(inputs: Sequence[tuple]) -> list:
+    """Per task the report's loss-vs-lr (seed band, best lr starred) and loss-vs-step figures (one panel
+    per lr), the two sweeps of a task pooled under its name, one colour per optimizer over every task."""
+    palette = report_figures().Palette({n for *_, names in inputs for n in names.values()})
+
+    def draw(task: str, rows: list[dict], claims: list[dict], c: Collection, names: dict[str, str], out):
+        f = report_figures()
+        return pairs(f.loss_vs_lr(rows, claims, out, palette, names)
+                     + f.loss_vs_step(c, out, palette, names, group=lambda i: (task, i.data.config.optimizer)))
+
+    return [partial(draw, *args) for args in inputs]
 
 
 def _val_vs_step(c: Collection, opts: Sequence[str], title: str) -> Table:

@@ -5,8 +5,10 @@ The init names are the tasks' own (:data:`slimbench.tasks.models.INITS`).
 from __future__ import annotations
 
 import math
+from functools import partial
+from pathlib import Path
 
-from slimbench.experiments.common import ROLE_NAMES, best_role, gpt_deep, type_means
+from slimbench.experiments.common import ROLE_NAMES, best_role, gpt_deep, pairs, report_figures, type_means
 from slimbench.experiments.engine import Analysis, Context
 from slimbench.experiments.steps import SNRStep, Step
 from slimbench.report.table import table_from_lists
@@ -38,4 +40,12 @@ def analyze_init(ctx: Context, quick: bool) -> Analysis:
         "init", ["layer type", "init", *(ROLE_NAMES[r] for r in ROLES), "best K", ""], rows,
         f"gpt {gpt_deep(quick)}, AdamW lr 3e-4, SNR averaged over measured steps > {skip} and over depth.")
     t2 = table_from_lists("Training loss per init", ["init", "first loss", "last loss (mean last 10)"], losses)
-    return Analysis([t1, t2], [], {"by_init": means}, [f"snr/gpt-{i}.json" for i in INITS if i not in have])
+    plots = [partial(_draw, i, means[i], skip) for i in have]
+    return Analysis([t1, t2], plots, {"by_init": means}, [f"snr/gpt-{i}.json" for i in INITS if i not in have])
+
+
+def _draw(init: str, by_type: dict[str, dict[str, float]], skip: int, out: Path) -> list[tuple[str, str]]:
+    """The report's SNR-per-layer-type bars (cutoff 1) of one init: the first table's rows for it."""
+    bars = [{"layer_type": t, "chosen": best_role(per)[0], **per} for t, per in by_type.items()]
+    return pairs([report_figures().snr_type_bars(bars, out, f"snr-types-gpt-{init}",
+                                                 f"gpt, {init} init, steps > {skip}", bracket="best K")])

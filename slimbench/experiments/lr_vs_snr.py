@@ -62,7 +62,8 @@ def analyze_lr_vs_snr(ctx: Context, quick: bool) -> Analysis:
                           ["lr", "V saved", "first loss", "last loss (mean last 10)", "diverged at"], saved,
                           fmt=["str", "pct", "g4", "g4", "g4"])
     plot = partial(report_plots().line_panels, {"all": panel}, name="snr-vs-lr",
-                   title="SNR of the paper's K vs lr (gpt)",
-                   xlabel="peak lr", ylabel="mean SNR", logx=True, logy=True)
+                   title="SNR of the paper's K per layer type vs peak lr (gpt, AdamW; mean over steps and depth)",
+                   xlabel="peak learning rate", ylabel="SNR of V along the paper's K", logx=True, logy=True,
+                   hline=(1.0, "cutoff 1"))
     return Analysis([t1, t2, t3], [plot], {"falls_with_lr": falls, "by_lr": {f"{lr:g}": means[lr] for lr in have}},
                     missing)

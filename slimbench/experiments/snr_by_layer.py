@@ -6,11 +6,11 @@ parameter, a seed check, and the second moments saved vs the SNR cutoff (paper F
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from functools import partial
+from pathlib import Path
 
-from slimbench.experiments.common import (ROLE_NAMES, best_role, depth, gpt_deep, paper_roles, report_plots,
-                                          type_means)
+from slimbench.experiments.common import (ROLE_NAMES, best_role, depth, gpt_deep, pairs, paper_roles,
+                                          report_figures, type_means)
 from slimbench.experiments.engine import Analysis, Context
 from slimbench.experiments.steps import SNRStep, Step
 from slimbench.report.table import table_from_lists
@@ -55,18 +55,12 @@ def analyze_snr_by_layer(ctx: Context, quick: bool) -> Analysis:
     means = mean_snr(rec, skip)
     info = {p.name: p for p in rec.params}
     depth_rows = []
-    panels: dict[str, dict[str, tuple[list[float], list[float]]]] = defaultdict(lambda: defaultdict(lambda: ([], [])))
     for name, per_k in means.items():
         p = info[name]
         per_role = {role(key_dims(k), len(p.shape)): v for k, v in per_k.items()}
         best, _ = best_role(per_role)
         d = depth(name)
         depth_rows.append([name, p.layer_type, "-" if d is None else d, *(per_role.get(r) for r in ROLES), best])
-        if d is not None:
-            for r in ROLES:
-                xs, ys = panels[p.layer_type][r]
-                xs.append(d)
-                ys.append(per_role.get(r, math.nan))
     t2 = table_from_lists("SNR per parameter (depth = block index)",
                           ["parameter", "layer type", "depth", *(ROLE_NAMES[r] for r in ROLES), "best K"], depth_rows)
     cut = sweep_cutoffs(rec, skip_steps=skip)
@@ -74,9 +68,8 @@ def analyze_snr_by_layer(ctx: Context, quick: bool) -> Analysis:
                           ["cutoff", "V saved", "matrices compressed"],
                           [[c.cutoff, c.saved_fraction, f"{c.compressed}/{c.tracked}"] for c in cut],
                           fmt=["g4", "pct", "str"])
-    plot = partial(report_plots().line_panels, {t: {ROLE_NAMES[r]: v for r, v in s.items()} for t, s in panels.items()},
-                   name="snr-by-depth", title="SNR per candidate K vs depth (gpt, small lr)", xlabel="block",
-                   ylabel="mean SNR", logy=True)
+    bars = [{"layer_type": t, "chosen": best_role(per)[0], **per} for t, per in by_type.items()]
+    plot = partial(_draw, bars, rec, skip)
     tables = [t1, t2, t3]
     missing = []
     if ctx.has("snr", "gpt-seed1"):
@@ -94,3 +87,11 @@ def analyze_snr_by_layer(ctx: Context, quick: bool) -> Analysis:
     return Analysis(tables, [plot], {"by_type": by_type, "agreement": agree,
                                      "saved_at_cutoff_1": next(c.saved_fraction for c in cut if c.cutoff == 1.0)},
                     missing)
+
+
+def _draw(bars: list[dict], rec, skip: int, out: Path) -> list[tuple[str, str]]:
+    """The report's SNR figures of seed 0: per layer type and K (the first table's means, cutoff 1), vs
+    depth per layer type and K (the per-parameter table's), and each layer's best K vs step."""
+    f = report_figures()
+    return pairs([f.snr_type_bars(bars, out, "snr-types-gpt", f"gpt seed 0, steps > {skip}", bracket="best K")]
+                 + f.snr_record_figures(rec, "gpt", out, 1.0, skip_steps=skip))

@@ -6,12 +6,15 @@ and with SlimAdam under the proxy's, the target's and the paper's rules.
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
-from slimbench.experiments.common import labelled_lr_rows, paper_roles, report_plots, state_bytes
+from slimbench.experiments.common import (display_names, labelled_lr_rows, pairs, paper_roles, report_figures,
+                                          state_bytes)
 from slimbench.experiments.engine import Analysis, Context
 from slimbench.experiments.steps import RulesStep, SNRStep, Step, SweepStep
 from slimbench.layers import PAPER_DIMS
-from slimbench.report.lr import lr_grid_columns, lr_grid_rows, lr_key
+from slimbench.report.load import Collection
+from slimbench.report.lr import lr_grid_columns, lr_grid_rows, lr_key, lr_summary_rows
 from slimbench.report.table import Column, Table, table_from_lists
 
 
@@ -63,13 +66,16 @@ def analyze_transfer(ctx: Context, quick: bool) -> Analysis:
             f"V saved on its own model: proxy {saved.get('proxy')}, target {saved.get('target')}."))
     variants = ("adamw", "slimadam-proxy-rules", "slimadam-target-rules", "slimadam-paper-rules")
     lrs = (3e-3,) if quick else TRANSFER_LRS
-    rows, state = [], {}
+    rows, state, names, runs = [], {}, {}, []
     for v in variants:
         c = ctx.runs(v)  # one sweep at a time: the proxy's and the target's rules may be the same file content
         if not c.runs:
             missing.append(f"runs/{v}")
             continue
         rows += labelled_lr_rows(c, "target gpt", optimizer=v)
+        names[v] = _variant_name(v, display_names(c, [ctx.out / "rules" / f"{k}.json" for k in ("proxy", "target")]),
+                                 "proxy" in choice and choice.get("proxy") == choice.get("target"))
+        runs += c.runs
         state[v] = next(iter(state_bytes(c).values()), None)
     grid = lr_grid_rows(rows, lrs)
     for g in grid:
@@ -82,5 +88,27 @@ def analyze_transfer(ctx: Context, quick: bool) -> Analysis:
                         "slimadam-paper-rules: the paper's rules by layer type (slimbench's 'paper' rules)."
                         + (" The proxy's and the target's rules are identical, so those two rows are the same "
                            "runs up to file names (runs are deterministic)." if same else "")))
-    plots = [partial(report_plots().lr_curves, rows)] if rows else []
+    plots = [partial(_draw, rows, Collection(runs=runs), names)] if rows else []
     return Analysis(tables, plots, {"final_val": findings, "rules": choice}, missing)
+
+
+def _variant_name(variant: str, names: dict[str, str], same: bool) -> str:
+    """The report's name of a sweep's optimizer, saying whose SNR rules it used (the proxy's and the
+    target's read alike to the report: both depth-averaged SNR rules at cutoff 1); ``same``: the two
+    rules are equal, so the proxy's curve lies under the target's."""
+    (name,) = names.values()
+    who = variant.removeprefix("slimadam-").removesuffix("-rules")
+    if who not in ("proxy", "target"):
+        return name
+    return name.replace("(SNR rules", "(proxy's SNR rules = target's" if same and who == "proxy" else f"({who}'s SNR rules")
+
+
+def _draw(rows: list[dict], c: Collection, names: dict[str, str], out: Path) -> list[tuple[str, str]]:
+    """The report's loss-vs-lr (seed band, best lr starred) and loss-vs-step figures of the target, one
+    curve per variant (a run's variant is its sweep folder)."""
+    f = report_figures()
+    palette = f.Palette(names.values())
+    claims = [{"task": s["task"], "optimizer": s["optimizer"], "best_lr": {"estimate": s["best_lr"]}}
+              for s in lr_summary_rows(rows)]
+    return pairs(f.loss_vs_lr(rows, claims, out, palette, names)
+                 + f.loss_vs_step(c, out, palette, names, group=lambda i: ("target gpt", Path(i.path).parent.name)))

@@ -9,18 +9,16 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from slimbench.report.load import Collection
-from slimbench.report.plots import _save, _smooth
+from slimbench.report.load import Collection, Item
+from slimbench.report.plots import COLOURS, _plain_log, _save, _smooth
 from slimbench.report.runs import display_name, optimizer_label, rules_names, task_label
 
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
-           "#7f7f7f", "#393b79", "#ad494a", "#637939")
 MAX_PANELS = 6
 ROLE_COLOURS = {"fan_out": "#1f77b4", "fan_in": "#ff7f0e", "both": "#2ca02c"}  # candidate K, in every SNR figure
 
@@ -56,14 +54,23 @@ def _order(names: Iterable[str]) -> list[str]:
     return sorted(names, key=lambda n: (n != "AdamW", n))
 
 
-def loss_vs_step(c: Collection, out: str | Path, palette: Palette, names: Mapping[str, str]) -> list[Drawn]:
+def report_group(item: Item) -> tuple[str, str]:
+    """(task, optimizer key) of a run as the report groups it."""
+    return task_label(item.data), optimizer_label(item.data)
+
+
+def loss_vs_step(c: Collection, out: str | Path, palette: Palette, names: Mapping[str, str],
+                 group: Callable[[Item], tuple[str, str]] = report_group) -> list[Drawn]:
     """Per task: one panel per lr (up to :data:`MAX_PANELS`, the lowest and highest kept), shared y-limits;
     per optimizer the training loss per step (mean over seeds; raw faint, smoothed solid), validation as
-    markers, an x where a seed diverged."""
+    markers, an x where a seed diverged.
+
+    ``group`` names a run's (task, optimizer key), the key looked up in ``names``: an experiment pools
+    sweeps that differ in an override under one task, or tells apart sweeps of the same optimizer."""
     by_task: dict[str, dict[float, dict[str, list]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for item in c.runs:
-        r = item.data
-        by_task[task_label(r)][r.config.lr][optimizer_label(r)].append(r)
+        task, opt = group(item)
+        by_task[task][item.data.config.lr][opt].append(item.data)
     drawn = []
     for task, per_lr in sorted(by_task.items()):
         lrs = sorted(per_lr)
@@ -135,7 +142,8 @@ def loss_vs_lr(lr_rows: Sequence[dict], claims: Sequence[dict], out: str | Path,
         by_task[r["task"]][r["optimizer"]].append(r)
     drawn = []
     for task, per_opt in sorted(by_task.items()):
-        fig = Figure(figsize=(7.0, 4.6), layout="constrained")
+        longest = max(len(names.get(o, o)) for o in per_opt)  # the legend sits beside the axes: room for it
+        fig = Figure(figsize=(7.0 + 0.065 * max(0, longest - 40), 4.6), layout="constrained")
         ax = fig.add_subplot()
         data = {}
         tops = [r["final_max"] for rs in per_opt.values() for r in rs if r["final_max"] is not None]
@@ -157,9 +165,12 @@ def loss_vs_lr(lr_rows: Sequence[dict], claims: Sequence[dict], out: str | Path,
                 ax.plot(div, [top] * len(div), "x", color=col, ms=9, mew=2, clip_on=False)
             data[name] = {"lr": xs, "mean": ys, "min": lo, "max": hi, "best_lr": b, "diverged_lrs": div}
         ax.set_xscale("log")
+        grid = sorted({r["lr"] for rs in per_opt.values() for r in rs})
+        _plain_log(ax.xaxis, grid if len(grid) <= 8 else None)  # label the lrs swept, as numbers
         ax.set_xlabel("peak learning rate")
         ax.set_ylabel("final validation loss (nats)")
-        ax.set_title(f"{task}: loss vs lr\nband and bars: min..max over seeds; *: best lr; x: a seed diverged", fontsize=9)
+        fig.suptitle(f"{task}: loss vs lr\nband and bars: min..max over seeds; *: best lr; x: a seed diverged",
+                     fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         drawn.append(Drawn(f"Loss vs lr: {task}", _save(fig, Path(out), f"lr-{task}"), data))
@@ -177,37 +188,47 @@ def snr_figures(snr_rows: Sequence[dict], c: Collection, out: str | Path, cutoff
     for r in snr_rows:
         by_src[r["sources"][0]].append(r)
     for src, rows in by_src.items():
-        fig = Figure(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.2))
-        ax = fig.add_subplot()
-        width, data = 0.27, {}
-        for k, (ro, col) in enumerate(ROLE_COLOURS.items()):
-            vals = [r.get(ro) for r in rows]
-            xs = [i + (k - 1) * width for i in range(len(rows))]
-            ax.bar(xs, [v if v and v > 0 else 0 for v in vals], width, color=col, label=f"K = {ro}")
-            data[ro] = vals
-        ax.axhline(cutoff, color="black", ls="--", lw=1, label=f"cutoff {cutoff:g}")
-        ax.set_xticks(range(len(rows)), [f"{r['layer_type']}\n({r['chosen']})" for r in rows], fontsize=7,
-                      rotation=25, ha="right")
-        ax.set_yscale("log")
-        ax.set_ylabel("SNR of V along K (mean over steps and layers)")
-        ax.set_title(f"SNR per layer type (chosen K in brackets): {Path(src).name}", fontsize=9)
-        ax.legend(fontsize=7)
-        ax.grid(axis="y", alpha=0.3, which="both")
-        data["layer_type"] = [r["layer_type"] for r in rows]
-        drawn.append(Drawn(f"SNR per layer type: {Path(src).name}", _save(fig, Path(out), f"snr-types-{Path(src).stem}"),
-                           data))
+        drawn.append(snr_type_bars(rows, out, f"snr-types-{Path(src).stem}", Path(src).name, cutoff))
     for item in c.snr:
-        drawn += _snr_record_figures(item, out, cutoff)
+        drawn += snr_record_figures(item.data, Path(item.path).stem, out, cutoff)
     return drawn
 
 
-def _snr_record_figures(item, out: str | Path, cutoff: float) -> list[Drawn]:
+def snr_type_bars(rows: Sequence[dict], out: str | Path, name: str, source: str, cutoff: float = 1.0,
+                  bracket: str = "chosen K") -> Drawn:
+    """SNR per layer type and candidate K as bars (log y) with the cutoff drawn; ``rows`` hold
+    ``layer_type``, ``chosen`` (named ``bracket`` in the title: the rules' choice, or an experiment's
+    best K before any cutoff) and one SNR per role (``fan_out``, ``fan_in``, ``both``; None: not measured)."""
+    fig = Figure(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.2))
+    ax = fig.add_subplot()
+    width, data = 0.27, {}
+    for k, (ro, col) in enumerate(ROLE_COLOURS.items()):
+        vals = [r.get(ro) for r in rows]
+        xs = [i + (k - 1) * width for i in range(len(rows))]
+        ax.bar(xs, [v if v and v > 0 else 0 for v in vals], width, color=col, label=f"K = {ro}")
+        data[ro] = vals
+    ax.axhline(cutoff, color="black", ls="--", lw=1, label=f"cutoff {cutoff:g}")
+    ax.set_xticks(range(len(rows)), [f"{r['layer_type']}\n({r['chosen']})" for r in rows], fontsize=7,
+                  rotation=25, ha="right")
+    ax.set_yscale("log")
+    _plain_log(ax.yaxis)
+    ax.set_ylabel("SNR of V along K (mean over steps and layers)")
+    ax.set_title(f"SNR per layer type ({bracket} in brackets): {source}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3, which="both")
+    data["layer_type"] = [r["layer_type"] for r in rows]
+    return Drawn(f"SNR per layer type: {source}", _save(fig, Path(out), name), data)
+
+
+def snr_record_figures(rec, stem: str, out: str | Path, cutoff: float = 1.0, skip_steps: int = 0) -> list[Drawn]:
+    """From one SNR record: SNR per layer type and K against depth, and SNR of each layer's best K against
+    step. ``skip_steps`` leaves out measured steps <= it from the depth figure's means (an experiment's
+    transient, so the figure shows its tables' numbers); the step figure shows every measured step."""
     from slimbench.snr.derive import mean_snr, role
     from slimbench.snr.stats import key_dims
 
-    rec = item.data
     try:
-        means = mean_snr(rec)
+        means = mean_snr(rec, skip_steps)
     except ValueError:
         return []
     info = {p.name: p for p in rec.params}
@@ -226,7 +247,6 @@ def _snr_record_figures(item, out: str | Path, cutoff: float) -> list[Drawn]:
                 except ValueError:
                     continue
         steps[t].append([x if x is not None else math.nan for x in rec.snr[name][best_k]])
-    stem = Path(item.path).stem
     drawn = []
     if depth:
         types = sorted(depth)
@@ -244,6 +264,7 @@ def _snr_record_figures(item, out: str | Path, cutoff: float) -> list[Drawn]:
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.axhline(cutoff, color="black", ls="--", lw=0.8)
             ax.set_yscale("log")
+            _plain_log(ax.yaxis)
             ax.set_title(t, fontsize=9)
             ax.set_xlabel("block index (depth)")
             ax.set_ylabel("SNR")
@@ -267,6 +288,7 @@ def _snr_record_figures(item, out: str | Path, cutoff: float) -> list[Drawn]:
             data[t] = ys
         ax.axhline(cutoff, color="black", ls="--", lw=0.8, label=f"cutoff {cutoff:g}")
         ax.set_yscale("log")
+        _plain_log(ax.yaxis)
         ax.set_xlabel("training step")
         ax.set_ylabel("SNR along each layer's best K (mean over layers)")
         ax.set_title(f"SNR vs step: {stem}", fontsize=9)
@@ -279,8 +301,8 @@ def _snr_record_figures(item, out: str | Path, cutoff: float) -> list[Drawn]:
 
 def step_time(sweep_rows: Sequence[dict], fused_rows: Sequence[dict], out: str | Path, palette: Palette,
               names: Mapping[str, str]) -> list[Drawn]:
-    """Sweeps: ms per training step and its ratio to AdamW per task and optimizer. Fused suite: ms per step,
-    ratio to AdamW of the same kind, and effective GB/s per path and size (log y)."""
+    """Sweeps: ms per training step and its ratio to AdamW per task and optimizer. Fused suite, per size:
+    ms per step, ratio to AdamW of the same kind, GB/s and its share of the same run's copy bandwidth."""
     drawn = []
     tasks = sorted({r["task"] for r in sweep_rows})
     if tasks:
@@ -307,33 +329,57 @@ def step_time(sweep_rows: Sequence[dict], fused_rows: Sequence[dict], out: str |
         drawn.append(Drawn("Step time: sweeps", _save(fig, Path(out), "step-time-sweeps"),
                            {"labels": labels, "ms": ms, "ratio": ratio}))
     cases = sorted({(str(r["size"]), str(r["dtype"]), r["threads"] or 0, r["sources"][0]) for r in fused_rows})
-    for size, dtype, threads, src in cases:
-        rs = [r for r in fused_rows if (str(r["size"]), str(r["dtype"]), r["threads"] or 0, r["sources"][0])
-              == (size, dtype, threads, src)]
-        fig = Figure(figsize=(12.0, 3.8), layout="constrained")
-        axes = fig.subplots(1, 3)
-        paths = [r["path"] for r in rs]
-        ms = [1e3 * r["min_s"] for r in rs]
-        vs = [r["vs_adamw"] if r["vs_adamw"] is not None else math.nan for r in rs]
-        gbps = [r["gbps"] if r["gbps"] is not None else math.nan for r in rs]
-        cols = ["#000000" if p.startswith("adamw") else COLOURS[i % len(COLOURS)] for i, p in enumerate(paths)]
-        for ax, ys, lab in ((axes[0], ms, "ms per step (min over rounds)"),
-                            (axes[1], vs, "step time / AdamW's of the same kind"),
-                            (axes[2], gbps, "effective GB/s (minimal traffic / time)")):
-            ax.bar(range(len(paths)), ys, color=cols)
-            ax.set_xticks(range(len(paths)), paths, rotation=30, ha="right", fontsize=7)
-            ax.set_ylabel(lab, fontsize=8)
-            ax.grid(axis="y", alpha=0.3)
-        axes[0].set_yscale("log")
-        axes[1].axhline(1.0, color="black", ls="--", lw=1)
-        r0 = rs[0]
-        fig.suptitle(f"Fused / foreach kernels: {size} ({r0['n_params']:,} params, {r0['dtype']}, {r0['threads']} "
-                     f"thread(s), {r0['device']}). Peak bandwidth not measured: GB/s is not a share of it",
-                     fontsize=9)
-        drawn.append(Drawn(f"Step time: fused kernels {size} ({r0['dtype']}, {r0['threads']} threads)",
-                           _save(fig, Path(out), f"step-time-fused-{size}-{r0['dtype']}-{r0['threads']}t"),
-                           {"paths": paths, "ms": ms, "vs_adamw": vs, "gbps": gbps}))
+    for case in cases:
+        rs = [r for r in fused_rows if (str(r["size"]), str(r["dtype"]), r["threads"] or 0, r["sources"][0]) == case]
+        drawn.append(_fused_figure(rs, Path(out)))
     return drawn
+
+
+def _fused_figure(rs: Sequence[dict], out: Path) -> Drawn:
+    """One size of the fused suite: ms per step, ratio to AdamW of the same kind, effective GB/s with the
+    same run's copy GB/s, and (where a copy was timed) each path's GB/s as a percentage of that copy."""
+    paths = [r["path"] for r in rs]
+    ms = [1e3 * r["min_s"] for r in rs]
+    vs = [_nan(r["vs_adamw"]) for r in rs]
+    gbps = [_nan(r["gbps"]) for r in rs]
+    copy = [r.get("copy_gbps") for r in rs]
+    pct = [None if r.get("copy_fraction") is None else 100 * r["copy_fraction"] for r in rs]
+    timed = any(c is not None for c in copy)
+    fig = Figure(figsize=(16.0 if timed else 12.0, 3.9), layout="constrained")
+    axes = fig.subplots(1, 4 if timed else 3)
+    cols = ["#000000" if p.startswith("adamw") else COLOURS[i % len(COLOURS)] for i, p in enumerate(paths)]
+    panels = [(axes[0], ms, "ms per step (min over rounds)"), (axes[1], vs, "step time / AdamW's of the same kind"),
+              (axes[2], gbps, "GB/s (byte model / fastest step)")]
+    if timed:
+        panels.append((axes[3], [_nan(x) for x in pct], "% of a copy of as many bytes (same rounds)"))
+    xs = range(len(paths))
+    for ax, ys, lab in panels:
+        ax.bar(xs, ys, color=cols)
+        ax.set_xticks(list(xs), paths, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel(lab, fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_yscale("log")
+    _plain_log(axes[0].yaxis)
+    axes[1].axhline(1.0, color="black", ls="--", lw=1)
+    if timed:
+        # the copy as an outline over each path's bar, grey and dashed: visible over a black AdamW bar too
+        axes[2].bar([x for x, c in zip(xs, copy) if c is not None], [c for c in copy if c is not None], fill=False,
+                    edgecolor="#7f7f7f", ls="--", lw=1.6, zorder=5, label="copy of as many bytes (same rounds)")
+        axes[2].set_ylim(0, 1.25 * max(x for x in gbps + [c for c in copy if c is not None] if math.isfinite(x)))
+        axes[2].legend(fontsize=7, loc="upper right")
+        axes[3].axhline(100.0, color="black", ls="--", lw=1)
+        for x, v in zip(xs, pct):
+            if v is not None:
+                axes[3].annotate(f"{v:.0f}%", (x, v), ha="center", va="bottom", fontsize=7)
+    r0 = rs[0]
+    note = ("GB/s against a copy timed in the same rounds" if timed else
+            "no copy was timed in this file (written before the roofline columns): no share of bandwidth shown")
+    fig.suptitle(f"Fused / foreach kernels: {r0['size']} ({r0['n_params']:,} params, {r0['dtype']}, "
+                 f"{r0['threads']} thread(s), {r0['device']}). {note}", fontsize=9)
+    return Drawn(f"Step time: fused kernels {r0['size']} ({r0['dtype']}, {r0['threads']} threads)",
+                 _save(fig, out, f"step-time-fused-{r0['size']}-{r0['dtype']}-{r0['threads']}t"),
+                 {"paths": paths, "ms": ms, "vs_adamw": vs, "gbps": gbps, "copy_gbps": copy, "pct_of_copy": pct,
+                  "bandwidth_share": timed})
 
 
 def memory_quality(claims: Sequence[dict], memory_rows: Sequence[dict], out: str | Path, palette: Palette,

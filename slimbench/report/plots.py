@@ -1,28 +1,30 @@
-"""Report plots (matplotlib, Agg canvas, no pyplot state): loss-vs-lr U-curves, loss-vs-step curves, memory bars,
-and :func:`line_panels` for any other named series (an experiment's SNR vs depth, say).
+"""Report plot helpers (matplotlib, Agg canvas, no pyplot state): saving, smoothing, the colour cycle,
+memory bars, and :func:`line_panels` for any other named series (an experiment's SNR vs lr, say). The
+report's own section figures, in one style, are in :mod:`slimbench.report.figures`.
 
-Each function takes rows from the section modules (:mod:`slimbench.report.lr`, ...; or the collection for
-curves), writes PNGs into a folder, and returns ``[(title, path)]``. Figures are built on ``matplotlib.figure.Figure`` with an
-Agg canvas, so nothing touches a display or pyplot's global figure list (safe in tests and threads).
+Each plotting function takes rows, writes PNGs into a folder and returns ``[(title, path)]``. Figures are
+built on ``matplotlib.figure.Figure`` with an Agg canvas, so nothing touches a display or pyplot's global
+figure list (safe in tests and threads).
 """
 from __future__ import annotations
 
 import math
 import re
+import textwrap
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
-from slimbench.bench.results import RunResult
 from slimbench.io import write_atomic
-from slimbench.report.load import Collection
-from slimbench.report.runs import optimizer_label, task_label
 from slimbench.report.table import MIB
 
 DPI = 110
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+           "#7f7f7f", "#393b79", "#ad494a", "#637939")  # one per optimizer or series, AdamW aside (black)
 
 
 def _slug(text: str) -> str:
@@ -40,36 +42,6 @@ def _save(fig: Figure, out: Path, name: str) -> str:
     return str(path)
 
 
-def lr_curves(lr_rows: Sequence[dict], out: str | Path) -> list[tuple[str, str]]:
-    """Per task: final loss vs lr (log x), one line per optimizer, seed std as error bars, x at divergence."""
-    by_task: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in lr_rows:
-        by_task[r["task"]][r["optimizer"]].append(r)
-    written = []
-    for task, per_opt in sorted(by_task.items()):
-        fig = Figure(figsize=(6.4, 4.2))
-        ax = fig.add_subplot()
-        finite = [r["final_mean"] for rs in per_opt.values() for r in rs if r["final_mean"] is not None]
-        top = max(finite) if finite else 1.0
-        for k, (opt, rs) in enumerate(sorted(per_opt.items())):
-            rs = sorted(rs, key=lambda r: r["lr"])
-            ok = [r for r in rs if r["final_mean"] is not None]
-            line = ax.errorbar([r["lr"] for r in ok], [r["final_mean"] for r in ok],
-                               yerr=[r["final_std"] or 0.0 for r in ok], marker="o", ms=4, capsize=3, label=opt)
-            div = [r["lr"] for r in rs if r["diverged"]]
-            if div:
-                # one row of x per optimizer above the curves, so markers of several optimizers do not hide each other
-                ax.scatter(div, [top * (1.03 + 0.04 * k)] * len(div), marker="x", s=50, color=line[0].get_color())
-        ax.set_xscale("log")
-        ax.set_xlabel("peak learning rate")
-        ax.set_ylabel("final loss (mean over seeds)")
-        ax.set_title(f"{task}: loss vs lr (x = diverged)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        written.append((f"Loss vs lr: {task}", _save(fig, Path(out), f"lr-{task}")))
-    return written
-
-
 def _smooth(values: Sequence[float | None], window: int) -> list[float | None]:
     """Trailing moving average over finite values (None stays a gap)."""
     out: list[float | None] = []
@@ -80,52 +52,6 @@ def _smooth(values: Sequence[float | None], window: int) -> list[float | None]:
         w = [x for x in values[max(0, i - window + 1): i + 1] if x is not None and math.isfinite(x)]
         out.append(sum(w) / len(w) if w else None)
     return out
-
-
-def loss_curves(c: Collection, out: str | Path, max_plots: int = 24,
-                task_of: Callable[[RunResult], str] = task_label) -> list[tuple[str, str]]:
-    """Per task and lr: training loss (smoothed, mean over seeds) vs step per optimizer; validation dots.
-
-    ``task_of`` names the task of a run: runs with the same name and lr share a plot (an experiment may
-    pool sweeps that differ in an override, e.g. an optimizer without weight decay).
-    """
-    groups: dict[tuple[str, float], dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for item in c.runs:
-        r = item.data
-        groups[(task_of(r), r.config.lr)][optimizer_label(r)].append(r)
-    written = []
-    for (task, lr), per_opt in sorted(groups.items())[:max_plots]:
-        fig = Figure(figsize=(6.4, 4.2))
-        ax = fig.add_subplot()
-        for opt, runs in sorted(per_opt.items()):
-            n = max(len(r.train_loss) for r in runs)
-            mean = []
-            for s in range(n):
-                vals = [r.train_loss[s] for r in runs if s < len(r.train_loss) and r.train_loss[s] is not None]
-                mean.append(sum(vals) / len(vals) if vals else None)
-            window = max(1, n // 50)
-            ys = _smooth(mean, window)
-            line = ax.plot(range(n), [y if y is not None else float("nan") for y in ys], lw=1.2,
-                           label=f"{opt} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
-            vsteps: dict[int, list[float]] = defaultdict(list)
-            for r in runs:
-                for v in r.val:
-                    if v["loss"] is not None:
-                        vsteps[v["step"]].append(v["loss"])
-            if vsteps:
-                xs = sorted(vsteps)
-                ax.plot(xs, [sum(vsteps[x]) / len(vsteps[x]) for x in xs], "o--", ms=3, lw=0.8,
-                        color=line[0].get_color(), alpha=0.8)
-            for r in runs:
-                if r.status == "diverged" and r.divergence:
-                    ax.axvline(r.divergence["step"], color=line[0].get_color(), ls=":", lw=1)
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss (smoothed); dots: validation")
-        ax.set_title(f"{task}, lr {lr:g}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        written.append((f"Loss vs step: {task}, lr {lr:g}", _save(fig, Path(out), f"steps-{task}-lr{lr:g}")))
-    return written
 
 
 def memory_bars(rows: Sequence[dict], out: str | Path) -> list[tuple[str, str]]:
@@ -155,43 +81,70 @@ def memory_bars(rows: Sequence[dict], out: str | Path) -> list[tuple[str, str]]:
     return written
 
 
-Series = Mapping[str, tuple[Sequence[float], Sequence[float | None]]]  # label -> (xs, ys)
+Series = Mapping[str, tuple]  # label -> (xs, ys) or (xs, ys, errors): errors drawn as bars (None: none)
 
 
 def line_panels(panels: Mapping[str, Series], out: str | Path, name: str, title: str, xlabel: str, ylabel: str,
-                *, logx: bool = False, logy: bool = False) -> list[tuple[str, str]]:
-    """One PNG ``name``.png of line plots, one subplot per panel (4 across), one line per series.
+                *, logx: bool = False, logy: bool = False, colours: Mapping[str, str] | None = None,
+                hline: tuple[float, str] | None = None) -> list[tuple[str, str]]:
+    """One PNG ``name``.png of line plots, one subplot per panel (4 across), one line per series, in the
+    report's style: one colour per series label across panels (``colours``, else the report's cycle), one
+    legend beside the panels, ``hline`` = (y, label) a dashed reference (a cutoff, AdamW's loss).
 
     For figures that are not one of the report's own. Points with a missing or non-finite y (or y <= 0 on
     a log y axis) are left out; panels without a point are dropped, and nothing is written without any.
     """
-    def points(xs: Sequence[float], ys: Sequence[float | None]) -> list[tuple[float, float]]:
-        return sorted((x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y) and (not logy or y > 0))
+    def points(xs, ys, errs=None) -> list[tuple[float, float, float]]:
+        errs = errs if errs is not None else [None] * len(xs)
+        return sorted((x, y, e if e is not None and math.isfinite(e) else 0.0) for x, y, e in zip(xs, ys, errs)
+                      if y is not None and math.isfinite(y) and (not logy or y > 0))
 
-    drawn = {p: {label: pts for label, (xs, ys) in series.items() if (pts := points(xs, ys))}
-             for p, series in panels.items()}
+    drawn = {p: {label: pts for label, v in series.items() if (pts := points(*v))} for p, series in panels.items()}
     drawn = {p: s for p, s in drawn.items() if s}
     if not drawn:
         return []
+    labels = list(dict.fromkeys(label for s in drawn.values() for label in s))
+    colour = {lab: (colours or {}).get(lab, COLOURS[i % len(COLOURS)]) for i, lab in enumerate(labels)}
     n = len(drawn)
     cols = min(n, 4)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(4.2 * cols, 3.4 * rows))
+    width = 4.6 * cols + 3.0
+    fig = Figure(figsize=(width, 3.4 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
+    handles: dict[str, object] = {}
     for ax, (panel, series) in zip(axes.flat, drawn.items()):
         for label, pts in series.items():
-            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", ms=3, label=label)
-        ax.set_title(panel if n > 1 else title, fontsize=9)
+            errs = [e for _, _, e in pts]
+            line = ax.errorbar([x for x, _, _ in pts], [y for _, y, _ in pts], yerr=errs if any(errs) else None,
+                               marker="o", ms=4, lw=1.5, capsize=3, color=colour[label])
+            handles[label] = line
+        if hline is not None:
+            handles[hline[1]] = ax.axhline(hline[0], color="black", ls="--", lw=1)
+        if n > 1:
+            ax.set_title(panel, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
+        xs = sorted({x for pts in series.values() for x, _, _ in pts})
         if logx:
             ax.set_xscale("log")
+            _plain_log(ax.xaxis, xs if len(xs) <= 8 else None)
         if logy:
             ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+            _plain_log(ax.yaxis)
+        ax.grid(alpha=0.3, which="both")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    if n > 1:
-        fig.suptitle(title, fontsize=10)
+    fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=7, frameon=False)
+    fig.suptitle(textwrap.fill(title, int(12 * width)), fontsize=9)  # ~12 characters per inch
     return [(title, _save(fig, Path(out), name))]
+
+
+def _plain_log(axis, ticks: Sequence[float] | None = None) -> None:
+    """A log axis labelled in plain numbers (0.3, 1, 3; or exactly ``ticks``, e.g. the grid's values),
+    without the crowded minor labels matplotlib puts on axes spanning less than a decade or two."""
+    if ticks:
+        axis.set_major_locator(FixedLocator(list(ticks)))
+    else:
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
