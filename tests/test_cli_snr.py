@@ -11,6 +11,8 @@ from slimbench import SlimAdam
 from slimbench.cli import main
 from slimbench.cli import snr as snr_cli
 from slimbench.snr.record import load_snr
+from slimbench.snr.run import run_snr
+from slimbench.snr.tracker import Schedule
 from tinymodels import TinyGPT, lm_loss
 
 
@@ -123,3 +125,19 @@ def test_real_gpt_task_runs(tmp_path, capsys):
     assert rec.run["task"]["spec"]["warmup_steps"] == 1  # 30 of 300 steps, scaled to the short run
     assert {p.layer_type for p in rec.tracked} >= {"query", "key", "value", "attn_out", "mlp_up", "mlp_down",
                                                    "embedding"}
+
+
+@dataclass(frozen=True)
+class BareSpec:
+    """Only what run_snr needs: no schedule, no clipping, no betas or weight decay."""
+    steps: int = 6
+    lr: float = 1e-2
+
+
+def test_a_task_with_a_bare_spec_trains_at_a_constant_lr_without_clipping():
+    task = FakeTask()
+    task.spec = BareSpec()
+    steps = []
+    rec = run_snr(task, schedule=Schedule.parse("every:4"), callback=lambda s, v: steps.append(s))
+    assert steps == [1, 2, 3, 4, 5, 6] and rec.steps == [4, 6] and rec.optimizer["lr_at_steps"] == [1e-2, 1e-2]
+    assert rec.run["grad_clip"] is None and rec.run["weight_decay"] == 0.0 and rec.run["betas"] == [0.9, 0.999]

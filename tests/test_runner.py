@@ -71,6 +71,14 @@ def test_divergence_by_factor_ends_the_run_early():
     assert r.val[-1]["step"] < 60  # no final validation for a diverged run
 
 
+def test_on_step_sees_every_step_and_the_one_that_diverged():
+    seen = []
+    r = run(RunConfig(task="digits", optimizer="adamw", lr=10.0, overrides=FAST), optimizer_factory=adamw,
+            on_step=lambda config, step, loss: seen.append((config.lr, step, loss)))
+    assert r.status == "diverged" and len(seen) == r.divergence["step"] + 1
+    assert seen == [(10.0, s, v) for s, v in enumerate(r.train_loss)]
+
+
 def test_non_finite_loss_is_divergence_and_the_file_is_strict_json(tmp_path):
     def poison(name, model, lr, **kw):
         return _PoisonAfter(model.parameters(), lr=lr)

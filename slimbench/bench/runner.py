@@ -4,14 +4,16 @@
     from slimbench.bench.results import RunConfig
     result = run(RunConfig(task="gpt", optimizer="slimadam", lr=1e-3, seed=0, rules="paper"))
 
-The loop, per step (0-based):
+The loop is :func:`slimbench.loop.train`, the one that SNR runs and fine-tune pre-training use too. Per step
+(0-based):
     loss = task.loss(model, task.train_batch(step))
     stop if loss is not finite or loss > divergence_factor x (loss at step 0)   -> status "diverged"
     (an optimizer step that overflows, e.g. at lr=1e300, is a divergence at that step too)
     backward; clip the global grad norm to spec.grad_clip (1.0); optimizer.step(); scheduler.step()
 Schedule: ``LambdaLR(optimizer, spec.lr_factor)``: linear warmup, then cosine from lr to lr/10
 (:meth:`slimbench.tasks.TaskSpec.lr_factor`). Betas and weight decay are the task's defaults (language
-models: (0.9, 0.95), 0.1); the optimizer decides how weight decay is grouped.
+models: (0.9, 0.95), 0.1); the optimizer decides how weight decay is grouped. This module adds the
+bookkeeping through the loop's hooks: validation, the ledger after step 0, progress, FSDP, the result.
 
 Recorded: the training loss, grad norm, lr and wall time of every step (batch + forward + backward +
 step; validation excluded), the validation loss at step 0, every ``eval_every`` steps and at the end,
@@ -25,7 +27,6 @@ local shards, ``memory["per_rank_state_bytes"]`` every rank's, and ``env`` recor
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -36,6 +37,7 @@ from torch import nn
 from slimbench.bench import fsdp as _fsdp
 from slimbench.bench.results import RunConfig, RunResult
 from slimbench.env import provenance
+from slimbench.loop import train
 from slimbench.memory.ledger import optimizer_ledger
 from slimbench.registry import build_optimizer
 from slimbench.tasks import TaskSpec, build_task
@@ -81,56 +83,27 @@ def run(config: RunConfig, *, optimizer_factory: OptimizerFactory | None = None,
     if config.fsdp:
         _fsdp.shard(model, config.fsdp)
     optimizer = _build_optimizer(config, model, spec, optimizer_factory or build_optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, spec.lr_factor)
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    train_loss: list[float] = []
-    grad_norm: list[float] = []
-    lrs: list[float] = []
-    step_time: list[float] = []
     val = [{"step": 0, "loss": task.eval_loss(model)}]
     memory: dict = {}
-    divergence = None
-    model.train()
-    for step in range(spec.steps):
+
+    def validate(step: int) -> None:
         if step and step % spec.eval_every == 0:
             val.append({"step": step, "loss": task.eval_loss(model)})
-        t0 = time.perf_counter()
-        loss = task.loss(model, task.train_batch(step))
-        value = loss.item()
-        train_loss.append(value)
-        limit = config.divergence_factor * train_loss[0]
-        if not math.isfinite(value) or value > limit:
-            reason = "loss is not finite" if not math.isfinite(value) else \
-                f"loss > {config.divergence_factor:g} x initial loss ({limit:.4g})"
-            divergence = {"step": step, "loss": repr(value), "reason": reason}
-            if on_step:
-                on_step(config, step, value)
-            break
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm.append(_fsdp.full_value(nn.utils.clip_grad_norm_(params, spec.grad_clip)))
-        try:
-            optimizer.step()
-        except RuntimeError as e:  # e.g. lr=1e300: the step itself overflows. That run can only diverge, and
-            if "overflow" not in str(e):  # recording it as such keeps a resumed sweep from retrying it forever
-                raise
-            lrs.pop()
-            grad_norm.pop()
-            divergence = {"step": step, "loss": repr(value), "reason": f"optimizer step overflowed ({e})"}
-            if on_step:
-                on_step(config, step, value)
-            break
-        scheduler.step()
-        step_time.append(time.perf_counter() - t0)
+
+    def after_step(step: int, value: float) -> None:
+        nonlocal memory
         if step == 0:
             memory = (ledger_fn or state_ledger)(optimizer, model)
             if config.fsdp:
                 memory["per_rank_state_bytes"] = _fsdp.gather_ints(memory.get("state_bytes", 0))
         if on_step:
             on_step(config, step, value)
-    else:
+
+    out = train(task, optimizer, steps=spec.steps, lr_factor=spec.lr_factor, grad_clip=spec.grad_clip,
+                divergence_factor=config.divergence_factor, overflow_is_divergence=True, before_step=validate,
+                after_step=after_step, on_stop=(lambda step, value: on_step(config, step, value)) if on_step else None,
+                scalar=_fsdp.full_value)
+    if out.divergence is None:
         val.append({"step": spec.steps, "loss": task.eval_loss(model)})
 
     optimizer_info = {"name": config.optimizer, "class": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}",
@@ -139,7 +112,7 @@ def run(config: RunConfig, *, optimizer_factory: OptimizerFactory | None = None,
     env = {**provenance(), "seed": config.seed, "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
     if config.fsdp:
         env.update(world_size=config.fsdp, fsdp=True, backend=str(torch.distributed.get_backend()))
-    return RunResult(config=config, status="diverged" if divergence else "finished", train_loss=train_loss,
-                     val=val, grad_norm=grad_norm, lr=lrs, step_time_s=step_time, memory=memory,
+    return RunResult(config=config, status="diverged" if out.divergence else "finished", train_loss=out.train_loss,
+                     val=val, grad_norm=out.grad_norm, lr=out.lr, step_time_s=out.step_time_s, memory=memory,
                      optimizer=optimizer_info, task=task.describe(), env=env,
-                     wall_time_s=time.perf_counter() - t_start, started_at=started_at, divergence=divergence)
+                     wall_time_s=time.perf_counter() - t_start, started_at=started_at, divergence=out.divergence)

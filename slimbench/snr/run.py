@@ -2,9 +2,11 @@
 
 The task is duck-typed (``model``, ``spec``, ``train_batch(step)``, ``loss(model, batch)``,
 ``describe()``, as :mod:`slimbench.tasks` builds them), so this module does not import the tasks package
-and any object with that shape works. The loop is the standard one of the tasks (warmup then cosine via
-``spec.lr_factor``, gradient clipping at ``spec.grad_clip``), so the SNR describes the runs the rules
-are meant for; the paper measures with the same recipe as the run it compresses.
+and any object with that shape works. The loop is :func:`slimbench.loop.train`, the one benchmark runs use
+(warmup then cosine via ``spec.lr_factor``, gradient clipping at ``spec.grad_clip``), so the SNR describes
+the runs the rules are meant for, step for step; the paper measures with the same recipe as the run it
+compresses. Unlike a benchmark run it stops only on a non-finite loss (no divergence factor), and an
+optimizer step that raises propagates.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimbench.loop import train
 from slimbench.snr.record import SNRRecord
 from slimbench.snr.tracker import ScheduleLike, track_snr
 
@@ -45,7 +48,8 @@ def run_snr(task: Any, *, lr: float | None = None, schedule: ScheduleLike = None
             measure at the lr you will train with.
         schedule: when to measure (default: the paper's; see :class:`slimbench.snr.tracker.Schedule`).
         optimizer: "adamw" (decoupled weight decay ``spec.weight_decay``) or "adam" (the same as L2),
-            the same optimizers a ``python -m slimbench run`` of the task uses.
+            the classes a ``python -m slimbench run`` of the task uses, but decaying every parameter (a run
+            decays only tensors with >= 2 dims), as SNR records have always been measured.
         measure_last: also measure after the last step if the schedule did not.
         callback: called as ``callback(step, loss)`` after every step (1-based), e.g. a progress bar.
 
@@ -59,30 +63,15 @@ def run_snr(task: Any, *, lr: float | None = None, schedule: ScheduleLike = None
     betas = tuple(getattr(spec, "betas", (0.9, 0.999)))
     wd = float(getattr(spec, "weight_decay", 0.0))
     clip = getattr(spec, "grad_clip", None)
-    lr_factor = getattr(spec, "lr_factor", lambda step: 1.0)
+    lr_factor = getattr(spec, "lr_factor", None)  # None: constant lr
     opt = make_adam(model, optimizer, lr, betas, wd)
-    model.train()
-    losses: list[float] = []
-    diverged_at = None
     with track_snr(model, opt, schedule) as tracker:
-        for step in range(spec.steps):
-            for group in opt.param_groups:
-                group["lr"] = lr * lr_factor(step)
-            loss = task.loss(model, task.train_batch(step))
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                diverged_at = step + 1
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip:
-                nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step()
-            losses.append(value)
-            if callback is not None:
-                callback(step + 1, value)
+        out = train(task, opt, steps=spec.steps, lr_factor=lr_factor, grad_clip=clip,
+                    after_step=(lambda step, value: callback(step + 1, value)) if callback is not None else None)
+        losses = out.completed_losses
         if measure_last and losses:
             tracker.measure(len(losses))
+    diverged_at = out.divergence["step"] + 1 if out.divergence else None
     run = {"task": task.describe() if hasattr(task, "describe") else {}, "optimizer": optimizer, "lr": lr,
            "betas": list(betas), "weight_decay": wd, "grad_clip": clip,
            "steps": spec.steps, "steps_done": len(losses), "seed": getattr(task, "seed", None),

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimbench.io import atomic_write
+from slimbench.loop import train
 from slimbench.overrides import check_overrides
 from slimbench.tasks import data as _data
 from slimbench.tasks import models as _models
@@ -299,16 +300,12 @@ def _pretrained_llama(spec: TaskSpec, cfg: _models.LlamaConfig, source: _data.To
                                   warmup_steps=min(spec.warmup_steps, spec.pretrain_steps))
         task = LMTask(pre, FINETUNE_PRETRAIN_SEED, model, source, {})
         opt = torch.optim.AdamW(model.parameters(), lr=pre.lr, betas=_LM["betas"], weight_decay=_LM["weight_decay"])
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, pre.lr_factor)
-        losses = []
-        for step in range(pre.steps):  # the same loop as slimbench.bench.runner, without its bookkeeping
-            loss = task.loss(model, task.train_batch(step))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), pre.grad_clip)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
+        # the loop of every run (slimbench.loop), without a run's bookkeeping
+        done = train(task, opt, steps=pre.steps, lr_factor=pre.lr_factor, grad_clip=pre.grad_clip)
+        if done.divergence:  # never cache a checkpoint of a run that blew up
+            raise RuntimeError(f"fine-tune pre-training diverged at step {done.divergence['step']} "
+                               f"({done.divergence['reason']}); no checkpoint was saved")
+        losses = done.train_loss
         meta = {"key": key, "initial_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:]),
                 "val_loss": task.eval_loss(model)}
         # concurrent jobs may both pre-train; neither ever reads half a file
