@@ -199,7 +199,7 @@ def snr_type_bars(rows: Sequence[dict], out: str | Path, name: str, source: str,
     """SNR per layer type and candidate K as bars (log y) with the cutoff drawn; ``rows`` hold
     ``layer_type``, ``chosen`` (named ``bracket`` in the title: the rules' choice, or an experiment's
     best K before any cutoff) and one SNR per role (``fan_out``, ``fan_in``, ``both``; None: not measured)."""
-    fig = Figure(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.2))
+    fig = Figure(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.2), layout="constrained")
     ax = fig.add_subplot()
     width, data = 0.27, {}
     for k, (ro, col) in enumerate(ROLE_COLOURS.items()):
@@ -214,7 +214,7 @@ def snr_type_bars(rows: Sequence[dict], out: str | Path, name: str, source: str,
     _plain_log(ax.yaxis)
     ax.set_ylabel("SNR of V along K (mean over steps and layers)")
     ax.set_title(f"SNR per layer type ({bracket} in brackets): {source}", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)  # never over a bar
     ax.grid(axis="y", alpha=0.3, which="both")
     data["layer_type"] = [r["layer_type"] for r in rows]
     return Drawn(f"SNR per layer type: {source}", _save(fig, Path(out), name), data)
