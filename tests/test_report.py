@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 
 import pytest
 
@@ -149,6 +150,18 @@ def test_line_panels_draw_finite_points_and_skip_empty_figures(tmp_path):
     assert (tmp_path / "snr-by-depth.png").stat().st_size > 0
     assert line_panels({"empty": {"x": ([1.0], [float("inf")])}}, tmp_path / "none", "n", "t", "x", "y") == []
     assert not (tmp_path / "none").exists()
+
+
+
+def test_line_panels_draw_error_bars_and_a_reference_line(tmp_path):
+    """An experiment's series with errors (a gap and its seed half-range) and a reference (AdamW at 0): one
+    PNG sized for one panel plus the legend beside it; a non-finite error is drawn as none."""
+    series = {"all": {"SlimAdam, K_head=token": ([256, 1024], [0.01, 0.15], [0.002, float("nan")]),
+                      "SlimAdam (paper)": ([256, 1024], [0.003, 0.002])}}
+    ((title, path),) = line_panels(series, tmp_path, "gap", "gap vs vocab", "vocab", "gap (nats)", logx=True,
+                                   hline=(0.0, "AdamW (gap 0)"), colours={"SlimAdam (paper)": "#000000"})
+    head = open(path, "rb").read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == (836, 440)  # 7.6 x 4.0 in
 
 
 def test_loss_at_steps_and_divergence_marker(tmp_path):
