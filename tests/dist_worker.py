@@ -181,7 +181,8 @@ class TPNet(nn.Module):
 
 
 TP_K = ((), (0,), (1,), (0, 1))
-TP_MIX = {"fc1.weight": [0], "fc2.weight": [1], "fc3.weight": [1], "fc4.weight": [0, 1]}  # crossing and local
+# Colwise crossing (fc1) and local (fc3), Rowwise crossing (fc2: V replicated) and local (fc4: V Shard(1))
+TP_MIX = {"fc1.weight": [0], "fc2.weight": [1], "fc3.weight": [1], "fc4.weight": [0]}
 
 
 def _tp_train(model: nn.Module, rules: object, flags: dict, steps: int) -> tuple[torch.optim.Optimizer, int]:
@@ -200,7 +201,7 @@ def _tp_train(model: nn.Module, rules: object, flags: dict, steps: int) -> tuple
 def check_tensor_parallel(steps: int = 6, quick: bool = False) -> dict:
     """SlimAdam on a tensor-parallel model (parallelize_module: fc1/fc3 Colwise, Shard(0); fc2/fc4 Rowwise,
     Shard(1)) == one process, for K = (), (0,), (1,), (0, 1) on every weight and one mix, on the for-loop,
-    foreach and fused paths (``quick``: K = (1,) and the mix): a K with dim 1 crosses ranks on the Rowwise
+    foreach and fused paths (``quick``: the mix only): a K with dim 1 crosses ranks on the Rowwise
     weights, one with dim 0 on the Colwise ones. Also V's global shape and placements per weight, and
     the all-reduces of one step."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -213,7 +214,7 @@ def check_tensor_parallel(steps: int = 6, quick: bool = False) -> dict:
     plan = {"fc1": ColwiseParallel(use_local_output=False), "fc2": RowwiseParallel(),
             "fc3": ColwiseParallel(use_local_output=False), "fc4": RowwiseParallel()}
     configs: dict[str, object] = {f"K={list(k)}": {f"fc{i}.weight": list(k) or "none" for i in range(1, 5)}
-                                  for k in TP_K if not quick or k == (1,)}
+                                  for k in TP_K if not quick}
     configs["mix"] = TP_MIX
     paths = {"loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
     out: dict[str, dict] = {"errs": {}, "v": {}, "all_reduces": {}}

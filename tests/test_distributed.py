@@ -5,8 +5,8 @@ groups of 2, 3 and 4 ranks on 127.0.0.1: each equals one process to 1e-12 in fp6
 The default run spawns 3 ranks once (uneven and empty tail shards) for the paper rules and four K of the
 4-D weight on every path, AdaLayer, groups + schedule, the collective count, the SNR tracker and the
 per-rank audit (`audit --world-size`: its arithmetic == each rank's measured ledger, to the byte), and
-tensor parallelism (Shard(1) Rowwise and Shard(0) Colwise Linears, K = (1,) and a mix) (30 s on a quiet
-2-core machine, 60 s busy). The full matrix, every K of the 2-D and 4-D weights, FSDP2 and DDP
+tensor parallelism (Shard(1) Rowwise and Shard(0) Colwise Linears, one mix of crossing and local K) (25 s
+on a quiet 2-core machine, 50-70 s busy). The full matrix, every K of the 2-D and 4-D weights, FSDP2 and DDP
 at 2, 3 and 4 ranks (about 4 minutes in all), and the checkpoint round trip (3 spawns, 30-80 s) are
 marked ``distributed`` and run by ``.ci/run``: ``python -m pytest -m distributed tests/test_distributed.py``.
 So are tensor parallelism at 2 and 3 ranks with every K of the 2-D weights (about 15 s each), the torchrun run of ``slimbench run --fsdp`` against the one-process run (3 ranks, about 15 s), every
@@ -110,9 +110,10 @@ def assert_tensor_parallel(res: list[dict], check: str, configs: int) -> None:
 
 
 def test_tensor_parallel_shard1_quick(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """3 ranks (uneven shards; an empty one on each dim), K = (1,) on every weight and a mix (K = (0,) on a
-    Colwise Shard(0) weight, (1,) on a Rowwise Shard(1) one, ...) on the loop, foreach and fused paths."""
-    assert_tensor_parallel(results(3, QUICK, tmp_path_factory), "tp-quick", 2)
+    """3 ranks (uneven shards; an empty one on each dim), the mix: on a Colwise Shard(0) weight K = (0,)
+    (crosses) and (1,) (local), on a Rowwise Shard(1) one K = (1,) (crosses: V replicated) and (0,) (local:
+    V Shard(1)), on the loop, foreach and fused paths."""
+    assert_tensor_parallel(results(3, QUICK, tmp_path_factory), "tp-quick", 1)
 
 
 @pytest.mark.distributed
