@@ -139,3 +139,12 @@ def test_cli_optimizers_lists_registry(capsys):
         assert name in out
     assert main(["optimizers", "--format", "json"]) == 0
     assert {d["name"] for d in json.loads(capsys.readouterr().out)} == set(registry.REGISTRY)
+
+
+def test_impossible_preset_overrides_are_one_line_errors(capsys):
+    """The presets are the tasks' models, so their checks hold: k/v heads must divide the heads."""
+    assert main(["audit", "--model", "llama-tiny", "--set", "n_kv_head=3", "--optimizers", "adamw"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "n_kv_head 3 must be >= 1 and divide n_head 4" in err
+    assert main(["audit", "--model", "gpt2-tiny", "--set", "n_head=5", "--optimizers", "adamw"]) == 2
+    assert "d_model 64 is not divisible by n_head 5" in capsys.readouterr().err

@@ -5,7 +5,14 @@ import torch
 
 
 class TinyGPT(torch.nn.Module):
-    """Two-block attention-shaped parameter set with real layer names (no forward needed for most tests)."""
+    """Two-block attention-shaped parameter set with real layer names (no forward needed for most tests).
+
+    Not a tasks' GPT (:class:`slimbench.tasks.models.GPT`) with a tiny config, on purpose: that GPT always
+    has a learned ``pos_emb.weight`` and bias-free LayerNorms, where this has no position embedding and
+    LayerNorm biases, and its forward is not attention (``tanh(q) * k + v``). Tests assert this exact
+    parameter set (``test_snr_tracker.py``'s ``MATRICES`` fails with the tasks' GPT: it gains
+    ``pos_emb.weight``) and values trained from this forward, so swapping it would change asserted values.
+    """
 
     def __init__(self, vocab: int = 11, d: int = 8) -> None:
         super().__init__()

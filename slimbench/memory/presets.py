@@ -1,39 +1,48 @@
 """Model presets for memory audits and profiles: GPT-2 small / medium, Llama-3.2-1B, Llama-3-8B, and tiny
 versions of each for tests.
 
-These are light definitions whose job is to have the right parameter *names and shapes* (the optimizer
-state depends on nothing else), plus a plain forward pass so the tiny ones can be profiled for real.
-Names follow the checkpoints' conventions, which :func:`slimbench.layers.layer_type` recognises:
+Each preset is a config in the table :data:`PRESETS` that builds the tasks' own models (one zoo):
+:class:`slimbench.tasks.models.GPT` or :class:`~slimbench.tasks.models.Llama` under a checkpoint's
+:class:`~slimbench.tasks.blocks.Naming`, with the options that checkpoint needs. The optimizer state
+depends on nothing but the parameters' names and shapes; a plain forward pass lets the tiny ones be
+profiled for real. Names follow the checkpoints' conventions, which :func:`slimbench.layers.layer_type`
+recognises:
 
-* GPT-2 (nanoGPT names): ``transformer.wte / wpe / h.{i}.ln_1 / attn.* / ln_2 / mlp.c_fc / mlp.c_proj /
-  ln_f`` and ``lm_head`` tied to ``wte`` (one tensor; ``named_parameters`` lists it once as ``wte``).
-  nanoGPT fuses Q, K and V into ``attn.c_attn``; SlimAdam's paper rules cannot compress a fused QKV
-  weight (Q/K want fan_in, V wants fan_out), so the default GPT-2 presets split it into ``attn.q_proj /
-  k_proj / v_proj`` as the paper's models do, and the ``-fused`` presets keep nanoGPT's ``c_attn`` to
-  show what the audit reports for a fused weight. Linear weights are stored (out, in), not as HF
-  ``Conv1D`` (in, out).
-* The paper's own GPT-2 (``gpt2-*-paper``, names of the reference code, github.com/dayal-kalra/low-memory-adam
-  ``utils/model.py``): bias-free, tied, split Q/K/V: ``transformer.wte / wpe / h.{i}.ln_1 / attn.k_proj /
-  q_proj / v_proj / output_proj / ln_2 / mlp.mlp_up / mlp.mlp_proj / ln_f`` (LayerNorms have no bias).
-* Llama (Hugging Face names): ``model.embed_tokens / layers.{i}.input_layernorm / self_attn.{q,k,v,o}_proj /
-  post_attention_layernorm / mlp.{gate,up,down}_proj / model.norm`` and ``lm_head`` (tied in 3.2-1B,
-  untied in 3-8B), grouped-query attention (k/v have ``n_kv_heads * head_dim`` rows).
+* GPT-2 (nanoGPT names, :data:`NANOGPT_NAMES`): ``transformer.wte / wpe / h.{i}.ln_1 / attn.* / ln_2 /
+  mlp.c_fc / mlp.c_proj / ln_f`` and ``lm_head`` tied to ``wte`` (one tensor; ``named_parameters`` lists it
+  once as ``wte``); biases in every Linear and LayerNorm, tanh GELU. nanoGPT fuses Q, K and V into
+  ``attn.c_attn``; SlimAdam's paper rules want Q/K along fan_in and V along fan_out, so the default GPT-2
+  presets split it into ``attn.q_proj / k_proj / v_proj`` as the paper's models do, and the ``-fused``
+  presets keep nanoGPT's ``c_attn`` (``fused_qkv``) to show what the audit reports for a fused weight.
+  Linear weights are stored (out, in), not as HF ``Conv1D`` (in, out).
+* The paper's own GPT-2 (``gpt2-*-paper``, :data:`PAPER_NAMES`, names of the reference code,
+  github.com/dayal-kalra/low-memory-adam ``utils/model.py``): bias-free, tied, split Q/K/V created k, q, v:
+  ``transformer.wte / wpe / h.{i}.ln_1 / attn.k_proj / q_proj / v_proj / output_proj / ln_2 / mlp.mlp_up /
+  mlp.mlp_proj / ln_f`` (LayerNorms have no bias).
+* Llama (Hugging Face names, :data:`HF_LLAMA_NAMES`): ``model.embed_tokens / layers.{i}.input_layernorm /
+  self_attn.{q,k,v,o}_proj / post_attention_layernorm / mlp.{gate,up,down}_proj / model.norm`` and
+  ``lm_head`` (tied in 3.2-1B, untied in 3-8B), grouped-query attention (k/v have ``n_kv_head * head_dim``
+  rows), RMSNorm eps 1e-5, rope theta 500000.
 
-One zoo with :mod:`slimbench.tasks.models`: the pieces whose maths is the same in both (RMSNorm, rotary
-positions) are the tasks' own. The blocks and models stay separate because building these presets from the
-tasks' GPT / Llama would change their names, shapes or counts: the tasks' models name parameters
-slimbench's way at the top level (``tok_emb``, ``blocks.{i}.attn.q``, ``mlp.up``, ``head``), a contract of
-their own (SNR files, rules and committed run results key off those names), while a preset must carry a
-checkpoint's nesting and names (``transformer.h.{i}.attn.q_proj``, ``model.layers.{i}.self_attn.q_proj``);
-the tasks' blocks are bias-free (GPT-2's 124.5M counts a bias in every Linear and LayerNorm), have no
-fused ``c_attn``, no grouped-query attention (k/v of ``n_kv_head * head_dim`` rows) and an always-untied
-Llama head; and they return logits where a preset's ``forward(idx, targets)`` returns the loss.
+The classes here only translate a preset's config to the tasks' config and options, keep the preset's
+config as ``model.config`` (tools read it: Adam-mini's head counts) and make ``forward(idx, targets)``
+return the mean LM loss. Nothing stays separate. Construction uses torch's default init (``init="torch"``;
+the same modules in the same order as the standalone definitions this replaced, so the same draws of
+the global RNG); weights on a real device come from :func:`build_model`'s seeded N(0, 0.02), as before.
+``tests/test_zoo.py`` holds every preset's ordered names, shapes and dtypes, and the tiny presets' initial
+weights, to a fixture written before the merge; the audits' output is unchanged. What did change is not a
+parameter: the module classes (``Block``, ``Attention``, ``SwiGLU`` ...), Llama's rotary tables (now
+non-persistent buffers built once, as the tasks' Llama does, not rebuilt in each forward, which lowers
+``profile --model llama-tiny``'s forward/backward figure by about 0.01 MiB), and a sequence longer than
+``block_size`` is now a one-line ValueError.
 
 Sizes (parameters, counted once; checked by the tests): gpt2-small 124.5M (vocab 50304, the nanoGPT
-padding of 50257 to a multiple of 64), gpt2-small-paper 124.4M (124,373,760), gpt2-medium 354.9M, llama-3.2-1b 1.236B, llama-3-8b 8.030B.
+padding of 50257 to a multiple of 64), gpt2-small-paper 124.4M (124,373,760), gpt2-medium 354.9M,
+llama-3.2-1b 1.236B, llama-3-8b 8.030B.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
@@ -41,8 +50,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Shared with the tasks' models (one zoo): RMSNorm and rotary positions are the same maths in both.
-from slimbench.tasks.models import RMSNorm, apply_rope, rope_tables
+from slimbench.tasks import models as _tasks
+from slimbench.tasks.blocks import Naming
+
+
+# The checkpoints' names: one Naming per scheme, for the tasks' GPT and Llama.
+NANOGPT_NAMES = Naming(body="transformer", tok_emb="wte", pos_emb="wpe", blocks="h", norm1="ln_1", attn="attn",
+                       q="q_proj", k="k_proj", v="v_proj", qkv="c_attn", o="c_proj", norm2="ln_2", mlp="mlp",
+                       up="c_fc", down="c_proj", norm_f="ln_f", head="lm_head")
+PAPER_NAMES = dataclasses.replace(NANOGPT_NAMES, qkv_order="kqv", o="output_proj", up="mlp_up", down="mlp_proj")
+HF_LLAMA_NAMES = Naming(body="model", tok_emb="embed_tokens", blocks="layers", norm1="input_layernorm",
+                        attn="self_attn", q="q_proj", k="k_proj", v="v_proj", o="o_proj",
+                        norm2="post_attention_layernorm", mlp="mlp", gate="gate_proj", up="up_proj",
+                        down="down_proj", norm_f="norm", head="lm_head")
+GPT2_NAMINGS = {"nanogpt": NANOGPT_NAMES, "paper": PAPER_NAMES}  # GPT2Config.naming -> names
 
 
 @dataclass(frozen=True)
@@ -57,8 +78,8 @@ class GPT2Config:
     naming: str = "nanogpt"  # "paper": the reference code's names (k/q/v_proj, output_proj, mlp_up, mlp_proj)
 
     def __post_init__(self) -> None:
-        if self.naming not in ("nanogpt", "paper"):
-            raise ValueError(f"GPT2Config.naming must be 'nanogpt' or 'paper', got {self.naming!r}")
+        if self.naming not in GPT2_NAMINGS:
+            raise ValueError(f"GPT2Config.naming must be one of {', '.join(GPT2_NAMINGS)}, got {self.naming!r}")
         if self.naming == "paper" and self.fused_qkv:
             raise ValueError("GPT2Config: naming='paper' has split Q/K/V; it cannot be combined with fused_qkv=True")
 
@@ -66,7 +87,7 @@ class GPT2Config:
 @dataclass(frozen=True)
 class LlamaConfig:
     vocab_size: int = 128256
-    block_size: int = 2048  # only used by the forward pass (RoPE tables are not parameters)
+    block_size: int = 2048  # longest sequence; sizes the RoPE tables (buffers, not parameters)
     n_layer: int = 16
     n_head: int = 32
     n_kv_head: int = 8
@@ -80,159 +101,42 @@ class LlamaConfig:
         return self.n_embd // self.n_head
 
 
-class _GPT2Attention(nn.Module):
-    def __init__(self, cfg: GPT2Config) -> None:
-        super().__init__()
-        d = cfg.n_embd
-        self.n_head = cfg.n_head
-        if cfg.fused_qkv:
-            self.c_attn = nn.Linear(d, 3 * d, bias=cfg.bias)
-        elif cfg.naming == "paper":  # the reference code creates k, q, v in this order
-            self.k_proj = nn.Linear(d, d, bias=cfg.bias)
-            self.q_proj = nn.Linear(d, d, bias=cfg.bias)
-            self.v_proj = nn.Linear(d, d, bias=cfg.bias)
-        else:
-            self.q_proj = nn.Linear(d, d, bias=cfg.bias)
-            self.k_proj = nn.Linear(d, d, bias=cfg.bias)
-            self.v_proj = nn.Linear(d, d, bias=cfg.bias)
-        self.out_name = "output_proj" if cfg.naming == "paper" else "c_proj"
-        setattr(self, self.out_name, nn.Linear(d, d, bias=cfg.bias))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape  # batch, time, channels
-        if hasattr(self, "c_attn"):
-            q, k, v = self.c_attn(x).split(C, dim=2)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return getattr(self, self.out_name)(y.transpose(1, 2).reshape(B, T, C))
-
-
-class _GPT2MLP(nn.Module):
-    def __init__(self, cfg: GPT2Config) -> None:
-        super().__init__()
-        self.up_name, self.down_name = ("mlp_up", "mlp_proj") if cfg.naming == "paper" else ("c_fc", "c_proj")
-        setattr(self, self.up_name, nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias))
-        setattr(self, self.down_name, nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        up, down = getattr(self, self.up_name), getattr(self, self.down_name)
-        return down(F.gelu(up(x), approximate="tanh"))
-
-
-class _GPT2Block(nn.Module):
-    def __init__(self, cfg: GPT2Config) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.attn = _GPT2Attention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.mlp = _GPT2MLP(cfg)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class GPT2(nn.Module):
-    """GPT-2 with nanoGPT's parameter names; ``forward(idx, targets)`` returns the mean LM loss."""
-
-    def __init__(self, cfg: GPT2Config) -> None:
-        super().__init__()
-        self.config = cfg
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-            h=nn.ModuleList(_GPT2Block(cfg) for _ in range(cfg.n_layer)),
-            ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
-        ))
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied: one tensor, named transformer.wte.weight
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        T = idx.shape[1]
-        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T, device=idx.device))
-        for block in self.transformer.h:
-            x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-
-
 _RMS_EPS = 1e-5  # Llama 3's rms_norm_eps (the tasks' small Llama uses RMSNorm's 1e-6)
 
 
-class _LlamaAttention(nn.Module):
-    def __init__(self, cfg: LlamaConfig) -> None:
-        super().__init__()
-        d, hd = cfg.n_embd, cfg.head_dim
-        self.n_head, self.n_kv_head, self.theta = cfg.n_head, cfg.n_kv_head, cfg.rope_theta
-        self.q_proj = nn.Linear(d, cfg.n_head * hd, bias=False)
-        self.k_proj = nn.Linear(d, cfg.n_kv_head * hd, bias=False)
-        self.v_proj = nn.Linear(d, cfg.n_kv_head * hd, bias=False)
-        self.o_proj = nn.Linear(cfg.n_head * hd, d, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, -1).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, -1).transpose(1, 2)  # (B, nkv, T, hs)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, -1).transpose(1, 2)
-        cos, sin = (t.to(x) for t in rope_tables(T, q.shape[-1], self.theta))  # not parameters: built per call
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        rep = self.n_head // self.n_kv_head
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
-class _LlamaMLP(nn.Module):
-    def __init__(self, cfg: LlamaConfig) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.n_embd, cfg.ffn_dim, bias=False)
-        self.up_proj = nn.Linear(cfg.n_embd, cfg.ffn_dim, bias=False)
-        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.n_embd, bias=False)
+class GPT2(_tasks.GPT):
+    """The tasks' GPT under GPT-2's (nanoGPT's or the paper's) names, with GPT-2's biases and tanh GELU;
+    ``forward(idx, targets)`` returns the mean LM loss."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def __init__(self, cfg: GPT2Config) -> None:
+        tasks_cfg = _tasks.GPTConfig(vocab_size=cfg.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                                     n_head=cfg.n_head, d_model=cfg.n_embd, mlp_ratio=4, init="torch", tie_head=True)
+        super().__init__(tasks_cfg, naming=GPT2_NAMINGS[cfg.naming], bias=cfg.bias,
+                         fused_qkv=cfg.fused_qkv, gelu="tanh")
+        self.config = cfg  # the preset's, as tools read it (Adam-mini's heads); block_size means the same
 
-
-class _LlamaLayer(nn.Module):
-    def __init__(self, cfg: LlamaConfig) -> None:
-        super().__init__()
-        self.input_layernorm = RMSNorm(cfg.n_embd, eps=_RMS_EPS)
-        self.self_attn = _LlamaAttention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.n_embd, eps=_RMS_EPS)
-        self.mlp = _LlamaMLP(cfg)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x))
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _lm_loss(super().forward(idx), targets)
 
 
-class _LlamaBody(nn.Module):
-    def __init__(self, cfg: LlamaConfig) -> None:
-        super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.layers = nn.ModuleList(_LlamaLayer(cfg) for _ in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.n_embd, eps=_RMS_EPS)
-
-
-class Llama(nn.Module):
-    """Llama with Hugging Face parameter names; ``forward(idx, targets)`` returns the mean LM loss."""
+class Llama(_tasks.Llama):
+    """The tasks' Llama under Hugging Face's names, with grouped-query attention, Llama 3's RMSNorm eps and
+    (3.2) a tied head; ``forward(idx, targets)`` returns the mean LM loss."""
 
     def __init__(self, cfg: LlamaConfig) -> None:
-        super().__init__()
-        self.config = cfg
-        self.model = _LlamaBody(cfg)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight  # named model.embed_tokens.weight
+        tasks_cfg = _tasks.LlamaConfig(vocab_size=cfg.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                                       n_head=cfg.n_head, d_model=cfg.n_embd, hidden=cfg.ffn_dim,
+                                       rope_base=cfg.rope_theta, init="torch")
+        super().__init__(tasks_cfg, naming=HF_LLAMA_NAMES, n_kv_head=cfg.n_kv_head, tie_head=cfg.tie_embeddings,
+                         norm_eps=_RMS_EPS)
+        self.config = cfg  # the preset's, as tools read it (Adam-mini's heads); block_size means the same
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        x = self.model.embed_tokens(idx)
-        for layer in self.model.layers:
-            x = layer(x)
-        logits = self.lm_head(self.model.norm(x))
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _lm_loss(super().forward(idx), targets)
 
 
 PRESETS: dict[str, GPT2Config | LlamaConfig] = {
@@ -262,7 +166,7 @@ def preset_config(name: str) -> GPT2Config | LlamaConfig:
         raise ValueError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}") from None
 
 
-_RESIDUAL_PROJECTIONS = ("c_proj.weight", "o_proj.weight", "down_proj.weight", "output_proj.weight", "mlp_proj.weight")
+_RESIDUAL_PROJECTIONS = tuple(end for names in (NANOGPT_NAMES, PAPER_NAMES, HF_LLAMA_NAMES) for end in names.residual())
 
 
 def build_model(name: str | GPT2Config | LlamaConfig, device: str | torch.device = "meta", *,

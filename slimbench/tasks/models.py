@@ -8,6 +8,14 @@ rules are stated per layer type. So attention projections are separate ``q``, ``
 Linears (no fused QKV), MLPs are ``up`` / ``gate`` / ``down``, embeddings ``tok_emb`` / ``pos_emb``, the
 output ``head``, norms ``ln*`` / ``norm*`` / ``bn*``.
 
+One zoo: the audit presets (:mod:`slimbench.memory.presets`: GPT-2, the paper's GPT-2, Llama 3) are these
+GPT and Llama under a checkpoint's :class:`Naming` (``transformer.h.{i}.attn.q_proj``,
+``model.layers.{i}.self_attn.q_proj``), with the options a checkpoint needs: biases, a fused Q|K|V
+projection, GPT-2's tanh GELU, grouped-query attention (``n_kv_head``), a tied Llama head, RMSNorm's eps.
+The options are keyword arguments, not config fields, and their defaults are the tasks' models exactly
+(same modules, created in the same order, so the same init draws: ``tests/test_zoo.py``), so task configs,
+``--set`` keys and run results do not change.
+
 Shapes: B = batch, T = sequence length (tokens or patches), C = d_model, nh = heads, hs = C // nh.
 
 Init ("mitchell", the default for the transformers, as in nanoGPT / GPT-2): every Linear and Embedding
@@ -24,6 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimbench.tasks.blocks import (GELUS, GPT_NAMES, LLAMA_NAMES, MLP, Attention, Block, LlamaBlock, Naming, RMSNorm,
+                                    SwiGLU, apply_rope, rope_tables)
+
+__all__ = ["INITS", "GELUS", "GPT_NAMES", "LLAMA_NAMES", "Naming", "Attention", "MLP", "Block", "RMSNorm", "SwiGLU",
+           "LlamaBlock", "rope_tables", "apply_rope", "count_params", "GPTConfig", "GPT", "LlamaConfig", "Llama",
+           "LinearLMConfig", "LinearLM", "ViTConfig", "ViT", "ResNetConfig", "BasicBlock", "ResNet", "MLPConfig",
+           "DigitsMLP"]
+
 INITS = ("mitchell", "torch")
 
 
@@ -32,8 +48,10 @@ def _check_init(init: str) -> None:
         raise ValueError(f"unknown init {init!r}; use one of {', '.join(INITS)}")
 
 
-def _mitchell_init(model: nn.Module, n_layer: int) -> None:
-    """N(0, 0.02) for Linear / Embedding weights, zero biases, residual projections scaled (GPT-2)."""
+def _mitchell_init(model: nn.Module, n_layer: int,
+                   residual: tuple[str, ...] = ("attn.o.weight", "mlp.down.weight")) -> None:
+    """N(0, 0.02) for Linear / Embedding weights, zero biases, residual projections (names ending in
+    ``residual``) scaled (GPT-2)."""
     for module in model.modules():
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -42,7 +60,7 @@ def _mitchell_init(model: nn.Module, n_layer: int) -> None:
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
     for name, p in model.named_parameters():
-        if name.endswith("attn.o.weight") or name.endswith("mlp.down.weight"):
+        if name.endswith(residual):
             nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
 
 
@@ -52,7 +70,7 @@ def count_params(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Transformer pieces shared by GPT and ViT
+# GPT (and the transformer blocks that ViT shares: slimbench.tasks.blocks)
 
 
 @dataclass
@@ -68,86 +86,47 @@ class GPTConfig:
     causal: bool = True
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with separate q, k, v, o projections (no biases)."""
-
-    def __init__(self, d_model: int, n_head: int, causal: bool):
-        super().__init__()
-        if d_model % n_head:
-            raise ValueError(f"d_model {d_model} is not divisible by n_head {n_head}")
-        self.n_head, self.causal = n_head, causal
-        self.q = nn.Linear(d_model, d_model, bias=False)
-        self.k = nn.Linear(d_model, d_model, bias=False)
-        self.v = nn.Linear(d_model, d_model, bias=False)
-        self.o = nn.Linear(d_model, d_model, bias=False)
-
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = (proj(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-                   for proj in (self.q, self.k, self.v))
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, nh, T, hs)
-        return self.o(y.transpose(1, 2).reshape(B, T, C))
-
-
-class MLP(nn.Module):
-    def __init__(self, d_model: int, hidden: int):
-        super().__init__()
-        self.up = nn.Linear(d_model, hidden, bias=False)
-        self.down = nn.Linear(hidden, d_model, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.gelu(self.up(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x)). LayerNorms without bias."""
-
-    def __init__(self, d_model: int, n_head: int, mlp_ratio: int, causal: bool):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(d_model, bias=False)
-        self.attn = Attention(d_model, n_head, causal)
-        self.ln2 = nn.LayerNorm(d_model, bias=False)
-        self.mlp = MLP(d_model, mlp_ratio * d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
-
-
 class GPT(nn.Module):
-    """GPT decoder: token + learned position embeddings, pre-norm blocks, final LayerNorm, (tied) head."""
+    """GPT decoder: token + learned position embeddings, pre-norm blocks, final LayerNorm, (tied) head.
 
-    def __init__(self, config: GPTConfig):
+    Keyword options (for the audit presets; the defaults are the tasks' GPT): ``naming``, ``bias``,
+    ``fused_qkv``, ``gelu`` as in :class:`Block`.
+    """
+
+    def __init__(self, config: GPTConfig, *, naming: Naming = GPT_NAMES, bias: bool = False,
+                 fused_qkv: bool = False, gelu: str = "none"):
         super().__init__()
         _check_init(config.init)
-        self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.block_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(config.d_model, config.n_head, config.mlp_ratio, config.causal)
-                                    for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.d_model, bias=False)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.config, self.naming = config, naming
+        body = naming.add_body(self)
+        body.add_module(naming.tok_emb, nn.Embedding(config.vocab_size, config.d_model))
+        body.add_module(naming.pos_emb, nn.Embedding(config.block_size, config.d_model))
+        body.add_module(naming.blocks, nn.ModuleList(
+            Block(config.d_model, config.n_head, config.mlp_ratio, config.causal, bias=bias, fused_qkv=fused_qkv,
+                  gelu=gelu, naming=naming) for _ in range(config.n_layer)))
+        body.add_module(naming.norm_f, nn.LayerNorm(config.d_model, bias=bias))
+        self.add_module(naming.head, nn.Linear(config.d_model, config.vocab_size, bias=False))
         if config.tie_head:
             # Weight tying (Press & Wolf 2017, as GPT-2): one (vocab, C) tensor serves both. It is registered
             # first as tok_emb.weight, so named_parameters() lists it under that name only.
-            self.head.weight = self.tok_emb.weight
+            naming.part(self, "head").weight = naming.part(self, "tok_emb").weight
         if config.init == "mitchell":
             self._init_weights()
 
     def _init_weights(self) -> None:
-        _mitchell_init(self, self.config.n_layer)
+        _mitchell_init(self, self.config.n_layer, self.naming.residual())
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, vocab)."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-        x = self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))  # (B, T, C)
-        for block in self.blocks:
+        tok_emb, pos_emb, blocks, ln_f, head = (self.naming.part(self, r)
+                                                for r in ("tok_emb", "pos_emb", "blocks", "norm_f", "head"))
+        x = tok_emb(idx) + pos_emb(torch.arange(T, device=idx.device))  # (B, T, C)
+        for block in blocks:
             x = block(x)
-        return self.head(self.ln_f(x))
+        return head(ln_f(x))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -166,71 +145,30 @@ class LlamaConfig:
     init: str = "mitchell"
 
 
-class RMSNorm(nn.Module):
-    """x / rms(x) * weight (Zhang & Sennrich 2019); no bias, no mean subtraction."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-def rope_tables(block_size: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotary angles, (block_size, head_dim / 2) each, fp32 on the default device (the
-    audit presets' Llama uses them too)."""
-    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)  # (T, hs/2)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of x (B, nh, T, hs) by position-dependent angles (Su et al. 2021)."""
-    T = x.shape[-2]
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    c, s = cos[:T], sin[:T]
-    return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
-
-
-class SwiGLU(nn.Module):
-    def __init__(self, d_model: int, hidden: int):
-        super().__init__()
-        self.gate = nn.Linear(d_model, hidden, bias=False)
-        self.up = nn.Linear(d_model, hidden, bias=False)
-        self.down = nn.Linear(hidden, d_model, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
-
-
-class LlamaBlock(nn.Module):
-    def __init__(self, config: LlamaConfig):
-        super().__init__()
-        self.norm1 = RMSNorm(config.d_model)
-        self.attn = Attention(config.d_model, config.n_head, causal=True)
-        self.norm2 = RMSNorm(config.d_model)
-        self.mlp = SwiGLU(config.d_model, config.hidden)
-
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope)
-        return x + self.mlp(self.norm2(x))
-
-
 class Llama(nn.Module):
-    """Llama-style decoder: no position embedding (rotary in attention), RMSNorm, SwiGLU, untied head."""
+    """Llama-style decoder: no position embedding (rotary in attention), RMSNorm, SwiGLU, untied head.
 
-    def __init__(self, config: LlamaConfig):
+    Keyword options (for the audit presets; the defaults are the tasks' Llama): ``naming``; ``n_kv_head``
+    (grouped-query attention, see :class:`Attention`); ``tie_head`` (head is tok_emb, as Llama 3.2);
+    ``norm_eps`` of every RMSNorm (Llama 3: 1e-5).
+    """
+
+    def __init__(self, config: LlamaConfig, *, naming: Naming = LLAMA_NAMES, n_kv_head: int | None = None,
+                 tie_head: bool = False, norm_eps: float = 1e-6):
         super().__init__()
         _check_init(config.init)
         if config.d_model % config.n_head or (config.d_model // config.n_head) % 2:
             raise ValueError(f"d_model {config.d_model} / n_head {config.n_head} must give an even head size")
-        self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(LlamaBlock(config) for _ in range(config.n_layer))
-        self.norm_f = RMSNorm(config.d_model)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.config, self.naming = config, naming
+        body = naming.add_body(self)
+        body.add_module(naming.tok_emb, nn.Embedding(config.vocab_size, config.d_model))
+        body.add_module(naming.blocks, nn.ModuleList(
+            LlamaBlock(config.d_model, config.n_head, config.hidden, n_kv_head=n_kv_head, norm_eps=norm_eps,
+                       naming=naming) for _ in range(config.n_layer)))
+        body.add_module(naming.norm_f, RMSNorm(config.d_model, eps=norm_eps))
+        self.add_module(naming.head, nn.Linear(config.d_model, config.vocab_size, bias=False))
+        if tie_head:  # as GPT's: the one tensor is named tok_emb.weight
+            naming.part(self, "head").weight = naming.part(self, "tok_emb").weight
         cos, sin = rope_tables(config.block_size, config.d_model // config.n_head, config.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -238,16 +176,17 @@ class Llama(nn.Module):
             self._init_weights()
 
     def _init_weights(self) -> None:
-        _mitchell_init(self, self.config.n_layer)
+        _mitchell_init(self, self.config.n_layer, self.naming.residual())
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, vocab)."""
         if idx.shape[1] > self.config.block_size:
             raise ValueError(f"sequence length {idx.shape[1]} exceeds block_size {self.config.block_size}")
-        x = self.tok_emb(idx)  # (B, T, C)
-        for block in self.blocks:
+        tok_emb, blocks, norm_f, head = (self.naming.part(self, r) for r in ("tok_emb", "blocks", "norm_f", "head"))
+        x = tok_emb(idx)  # (B, T, C)
+        for block in blocks:
             x = block(x, (self.rope_cos, self.rope_sin))
-        return self.head(self.norm_f(x))
+        return head(norm_f(x))
 
 
 # ---------------------------------------------------------------------------------------------------------
