@@ -2,7 +2,7 @@
 
 Three forms, told apart by their prefix:
 
-* a built-in preset (``gpt2-small``, ``gpt2-small-paper``, ``llama-3-8b``...: :data:`slimbench.memory.presets.PRESETS`);
+* a built-in preset (``gpt2-small``, ``gpt2-small-paper``, ``llama-3-8b``...: :data:`slimbench.tasks.presets.PRESETS`);
   ``--set`` overrides a field of its config (``--set n_layer=2``);
 * ``hf:<model_type>[:<head>]``: a Hugging Face transformers model built offline from
   ``AutoConfig.for_model(model_type, **overrides)``, random init, nothing downloaded. The head is chosen
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimbench.memory import presets as _presets
+from slimbench.tasks import presets as _presets
 from slimbench.overrides import check_overrides, did_you_mean, parse_sets, parse_value  # noqa: F401 - re-exported
 
 INSTALL_HINT = "pip install 'slimbench[models]'"

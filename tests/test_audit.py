@@ -9,7 +9,7 @@ import pytest
 from slimbench import registry
 from slimbench.cli import main
 from slimbench.memory.audit import METHOD_META, METHOD_META_STUB, audit
-from slimbench.memory.presets import build_model
+from slimbench.tasks.presets import build_model
 from slimbench.rules import save_rules
 
 

@@ -108,7 +108,7 @@ def test_vit_attends_to_every_patch_and_cnn_shapes():
 
 def test_naming_changes_names_only():
     """Under a checkpoint's names, the same seed gives the same tensors in the same order and the same logits."""
-    from slimbench.memory.presets import HF_LLAMA_NAMES, NANOGPT_NAMES
+    from slimbench.tasks.presets import HF_LLAMA_NAMES, NANOGPT_NAMES
 
     x = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(0))
     for make, naming, first, block0 in [
@@ -179,7 +179,7 @@ def test_bias_gelu_tie_and_eps_options():
 
 
 def test_presets_are_the_tasks_models():
-    from slimbench.memory.presets import PRESETS, build_model
+    from slimbench.tasks.presets import PRESETS, build_model
 
     for name in PRESETS:
         model = build_model(name, "meta")

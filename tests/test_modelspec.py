@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from slimbench.cli import main
-from slimbench.memory.presets import build_model
+from slimbench.tasks.presets import build_model
 from slimbench.modelspec import lm_task, parse_sets, resolve_model
 
 

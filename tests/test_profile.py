@@ -9,7 +9,7 @@ import torch
 
 from slimbench.cli import main
 from slimbench.memory.ledger import optimizer_ledger
-from slimbench.memory.presets import build_model
+from slimbench.tasks.presets import build_model
 from slimbench.memory.profile import METHOD_CPU, METHOD_CUDA, LiveTensorTracker, profile, step_memory
 from slimbench.registry import REGISTRY, build_optimizer, transient_budget
 

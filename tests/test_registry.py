@@ -11,7 +11,7 @@ from torch import nn
 
 from slimbench import registry
 from slimbench.memory.ledger import second_moment_keys
-from slimbench.memory.presets import build_model
+from slimbench.tasks.presets import build_model
 from slimbench.registry import (
     REGISTRY,
     SHARED_ERROR_INPUTS,

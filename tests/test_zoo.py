@@ -72,13 +72,13 @@ def _task_keys() -> list[tuple[str, str]]:
 
 
 def _preset_names() -> list[str]:
-    from slimbench.memory.presets import PRESETS
+    from slimbench.tasks.presets import PRESETS
 
     return list(PRESETS)
 
 
 def snapshot() -> dict:
-    from slimbench.memory.presets import build_model
+    from slimbench.tasks.presets import build_model
 
     return {
         "canary": _canary(),
@@ -128,7 +128,7 @@ def test_task_models_are_bit_identical(frozen, name, preset):
 
 @pytest.mark.parametrize("name", _preset_names())
 def test_presets_keep_names_shapes_and_counts(frozen, name):
-    from slimbench.memory.presets import build_model
+    from slimbench.tasks.presets import build_model
 
     model = build_model(name, "meta")
     assert _params(model, hashes=False) == frozen["presets"][name]
@@ -138,7 +138,7 @@ def test_presets_keep_names_shapes_and_counts(frozen, name):
 
 @pytest.mark.parametrize("name", [n for n in _preset_names() if "tiny" in n])
 def test_tiny_presets_keep_their_init(frozen, name):
-    from slimbench.memory.presets import build_model
+    from slimbench.tasks.presets import build_model
 
     exact = _canary() == frozen["canary"]
     _same_values(_params(build_model(name, "cpu", seed=0), hashes=True), frozen["tiny_presets"][name], exact,

@@ -53,7 +53,7 @@ def train_lightning(out_dir: str, *, resume: str | None = None, init_seed: int =
     from torch.utils.data import DataLoader, TensorDataset
 
     from slimbench.integrations.lightning import slimadam_optimizers
-    from slimbench.memory.presets import build_model
+    from slimbench.tasks.presets import build_model
 
     torch.set_num_threads(1)
 

@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from slimbench.io import write_json_atomic
 from slimbench.memory.audit import DEFAULT_OPTIMIZERS, METHOD_META, METHOD_META_STUB, AuditResult, audit
-from slimbench.memory.presets import PRESETS
+from slimbench.tasks.presets import PRESETS
 from slimbench.modelspec import add_model_arguments, parse_sets, resolve_model
 from slimbench.registry import REGISTRY
 

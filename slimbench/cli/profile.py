@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from slimbench.cli.audit import _DTYPES, human_bytes, parse_optimizers
 from slimbench.io import write_json_atomic
-from slimbench.memory.presets import PRESETS
+from slimbench.tasks.presets import PRESETS
 from slimbench.memory.profile import ProfileResult, profile
 from slimbench.modelspec import add_model_arguments, parse_sets, resolve_model
 

@@ -8,7 +8,7 @@ real training step on CPU or CUDA).
 """
 from slimbench.memory.audit import AuditResult, AuditRow, IntentRow, audit
 from slimbench.memory.ledger import Ledger, LedgerEntry, optimizer_ledger, tensor_bytes
-from slimbench.memory.presets import PRESETS, build_model
+from slimbench.tasks.presets import PRESETS, build_model
 from slimbench.memory.profile import LiveTensorTracker, ProfileResult, ProfileRow, StepMemory, profile, step_memory
 
 __all__ = ["audit", "AuditResult", "AuditRow", "IntentRow", "optimizer_ledger", "Ledger", "LedgerEntry",

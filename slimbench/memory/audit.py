@@ -36,7 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from slimbench.env import provenance
 from slimbench.memory.ledger import Ledger, optimizer_ledger
-from slimbench.memory.presets import build_model, preset_info
+from slimbench.tasks.presets import build_model, preset_info
 from slimbench.memory.sharded import RankBytes, param_bytes_per_rank, predict
 from slimbench.registry import OptimizerUnavailable, build_optimizer, get_spec
 from slimbench.rules import RulesLike, fingerprint, load_rules
@@ -277,7 +277,7 @@ def audit(model: str | nn.Module = "gpt2-small", optimizers: Sequence[str] = DEF
     """Audit the optimizer state of ``model`` for each optimizer, on the meta device.
 
     Args:
-        model: a preset name (:data:`slimbench.memory.presets.PRESETS`) or a module already on meta.
+        model: a preset name (:data:`slimbench.tasks.presets.PRESETS`) or a module already on meta.
         optimizers: registry names; unknown names are a ValueError, unavailable ones become skipped rows.
         rules: SlimAdam rules (None: the registry default, the paper's rules).
         dtype: parameter dtype (state follows it; step counters stay fp32).

@@ -8,7 +8,7 @@ rules are stated per layer type. So attention projections are separate ``q``, ``
 Linears (no fused QKV), MLPs are ``up`` / ``gate`` / ``down``, embeddings ``tok_emb`` / ``pos_emb``, the
 output ``head``, norms ``ln*`` / ``norm*`` / ``bn*``.
 
-One zoo: the audit presets (:mod:`slimbench.memory.presets`: GPT-2, the paper's GPT-2, Llama 3) are these
+One zoo: the audit presets (:mod:`slimbench.tasks.presets`: GPT-2, the paper's GPT-2, Llama 3) are these
 GPT and Llama under a checkpoint's :class:`Naming` (``transformer.h.{i}.attn.q_proj``,
 ``model.layers.{i}.self_attn.q_proj``), with the options a checkpoint needs: biases, a fused Q|K|V
 projection, GPT-2's tanh GELU, grouped-query attention (``n_kv_head``), a tied Llama head, RMSNorm's eps.
