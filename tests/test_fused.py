@@ -322,6 +322,85 @@ def test_native_kernel_with_two_threads() -> None:
     assert_close_fp32(one[3:], three[3:])
 
 
+def _native_steps(shapes: list[tuple[tuple[int, ...], tuple[int, ...]]], dtype: torch.dtype, threads: int,
+                  steps: int = 3, seed: int = 0, **impl) -> list[torch.Tensor]:
+    """p, M and V after ``steps`` SlimAdam steps of tensors ``shapes`` ((shape, K) each) with ``threads``."""
+    g = torch.Generator().manual_seed(seed)
+    named = [(f"t{i}", torch.nn.Parameter(torch.randn(s, generator=g, dtype=torch.float64).to(dtype)))
+             for i, (s, _) in enumerate(shapes)]
+    opt = SlimAdam(named, lr=0.02, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
+                   rules={f"t{i}": list(k) for i, (_, k) in enumerate(shapes)}, **impl)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(steps):
+            for _, p in named:
+                p.grad = (torch.randn(p.shape, generator=g, dtype=torch.float64)
+                          * torch.rand(p.shape, generator=g, dtype=torch.float64) * 3).to(dtype)
+            opt.step()
+    finally:
+        torch.set_num_threads(before)
+    return [t.detach().clone() for _, p in named for t in (p, opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"])]
+
+
+# Column blocks of unequal heights back to back (the next block taller, shorter, one row), several slabs (K in
+# the middle), and a trailing-K and a K = () tensor between them (the plan puts column blocks first).
+CHAIN = [((40, 33), (0,)), ((20, 8), (1,)), ((7, 50), (0,)), ((3, 5, 20), (1,)), ((2, 9), (0,)), ((30,), ()),
+         ((90, 17), (0,))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("max_w", [16, 4096])
+def test_native_column_chain_one_thread(dtype: torch.dtype, max_w: int) -> None:
+    """With one thread the kernel pipelines a run of column blocks (block k's update interleaved with block
+    k+1's sums; fp32/fp64 update M in the sums pass). It is bit-identical to every block done on its own
+    (two threads: a chain of one per item), and equals the for-loop (fp64 to 1e-13, fp32 to rounding)."""
+    from slimbench.optim import _native
+
+    _native.library()  # loaded (and its block size checked against MAX_W) before MAX_W is patched
+    if dtype not in _native.DTYPES:
+        pytest.skip(f"this C compiler builds no {dtype} entry point")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_native, "MAX_W", max_w)  # 16: several blocks per tensor, so chains cross blocks of one slab
+        mp.setattr(_compiled, "_compile_new", lambda: pytest.fail("the native path compiled a graph"))
+        _fused.clear_cache()
+        plan = _native.make_plan([torch.Size(s) for s, _ in CHAIN], [k for _, k in CHAIN], 4, threads=1)
+        views = [_native.native_view(*CHAIN[plan.items[4 * k]]) for k in range(plan.n_items)]
+        kinds = [r > 1 and i > 1 for _, r, i in views]  # column blocks (K leading or in the middle)
+        n_cols = kinds.count(True)
+        assert n_cols >= 4 and kinds == [True] * n_cols + [False] * (plan.n_items - n_cols)  # one run, first
+        one = _native_steps(CHAIN, dtype, threads=1, fused=True)
+        two = _native_steps(CHAIN, dtype, threads=2, fused=True)
+    _fused.clear_cache()
+    for x, y in zip(one, two):
+        assert torch.equal(x, y)
+    if dtype in (torch.float32, torch.float64):
+        ref = _native_steps(CHAIN, dtype, threads=1, foreach=False)
+        tol = {"rtol": 1e-13, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+        for x, y in zip(one, ref):
+            torch.testing.assert_close(x, y, **tol)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes=st.lists(st.tuples(st.integers(2, 40), st.integers(2, 40)), min_size=1, max_size=4),
+       max_w=st.sampled_from([16, 4096]), seed=st.integers(0, 2**16))
+def test_native_column_chain_equals_for_loop_fp64(shapes: list[tuple[int, int]], max_w: int, seed: int) -> None:
+    """Any heights and widths of fan_out weights in one chain (one thread), in fp64: the for-loop's result."""
+    from slimbench.optim import _native
+
+    layout = [(s, (0,)) for s in shapes]
+    _native.library()  # loaded before MAX_W is patched, as above
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_native, "MAX_W", max_w)
+        mp.setattr(_compiled, "_compile_new", lambda: pytest.fail("the native path compiled a graph"))
+        _fused.clear_cache()
+        got = _native_steps(layout, torch.float64, threads=1, steps=2, seed=seed, fused=True)
+    _fused.clear_cache()
+    ref = _native_steps(layout, torch.float64, threads=1, steps=2, seed=seed, foreach=False)
+    for x, y in zip(got, ref):
+        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-14)
+
+
 def test_native_unavailable_falls_back_to_compile_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     from slimbench.optim import _native
 

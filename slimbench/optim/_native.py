@@ -5,7 +5,8 @@ consumes it, so the compiled step reads G twice from memory and allocates its pa
 stays 1.02-1.22x slower than torch's fused AdamW. The step SlimAdam needs is simple enough to write by
 hand (``_native_kernel.c``): each tensor is viewed as (O, R, I) with K the middle R dims, and each work
 item reduces G*G over a row (K trailing, e.g. fan_in) or a block of columns (K leading, e.g. fan_out)
-and immediately updates that row or block while it is still in cache. With several threads, the blocks
+and immediately updates that row or block while it is still in cache (with one thread, consecutive column
+blocks are pipelined: one block's update interleaved with the next one's sums). With several threads, the blocks
 of a fan_out gradient too large for cache are shared by the whole team (rows split between threads).
 Per parameter of n entries of b bytes it moves 5nb (p, G, M read; p, M written) plus the reduced V,
 against fused AdamW's 7nb, and its only heap allocation is two scalars per tensor per call (no
@@ -174,7 +175,10 @@ class Plan:
 
 
 def make_plan(shapes: list[torch.Size], dims: list[tuple[int, ...]], itemsize: int, threads: int = 1) -> Plan:
-    views, items, shared = [], [], []
+    """The bucket's plan. Owned column blocks (K leading) come first, in tensor order: with one thread the
+    kernel pipelines each run of consecutive column blocks (one block's update overlaps the next one's
+    sums), so putting them together makes one run of the whole bucket's fan_out weights."""
+    views, columns, items, shared = [], [], [], []
     for i, (shape, k) in enumerate(zip(shapes, dims)):
         o, r, n_in = native_view(shape, k)
         views += [o, r, n_in]
@@ -190,7 +194,8 @@ def make_plan(shapes: list[torch.Size], dims: list[tuple[int, ...]], itemsize: i
             if shared_by_team(r, n_in, itemsize, threads):
                 shared += blocks
             else:
-                items += blocks
+                columns += blocks
+    items = columns + items
     return Plan((ctypes.c_int64 * len(views))(*views), (ctypes.c_int64 * len(items))(*items), len(items) // 4,
                 (ctypes.c_int64 * len(shared))(*shared), len(shared) // 4)
 

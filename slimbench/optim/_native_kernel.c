@@ -7,13 +7,17 @@
  *   I == 1  (K trailing: fan_in of a weight, both dims, the embedding dim of a table)
  *           per row: sum G^2 over the row, update V's entry, then update the row while it is still in
  *           L1/L2. G is read from memory once.
- *   else    (K leading: fan_out, or a middle range)  per block of W columns of one o: sum G^2 down the
- *           R rows of the block (eight rows at a time), update W entries of V, then update the block,
- *           whose G is then still in L2/L3 when R * W * bytes is a few MiB (which the planner aims for).
+ *   else    (K leading: fan_out, or a middle range)  per block of W columns of one o: pass 1 sums G^2
+ *           down the R rows of the block (and, for fp32/fp64, updates M there), W entries of V are
+ *           updated, then pass 2 updates the block's p (and M for the half types), re-reading M (or G)
+ *           from L2/L3 when R * W * bytes is a few MiB (which the planner aims for). With one thread a
+ *           run of column blocks is software-pipelined (chain_*): block k's pass 2 is interleaved row by
+ *           row with block k+1's pass 1, so memory always sees several streams.
  *
- * Work items (tensor, o, lo, hi) are planned once per bucket structure in Python and split among threads
- * by OpenMP (dynamic schedule; no team at all with one thread). A block too large for one thread to own
- * (a "shared" item: a big fan_out gradient with several threads) is done by the whole team instead:
+ * Work items (tensor, o, lo, hi) are planned once per bucket structure in Python (column blocks first)
+ * and split among threads by OpenMP (dynamic schedule; no team at all with one thread). A block too large
+ * for one thread to own (a "shared" item: a big fan_out gradient with several threads) is done by the
+ * whole team instead:
  * each thread sums its share of the rows, the partial sums are added per column, then each thread
  * updates its rows.
  *
@@ -115,6 +119,24 @@ static inline uint16_t bf16_store(float f) {
 /* _Float16 needs gcc >= 12 or clang >= 15 on x86-64; without it the library has no f16 entry point and
    fp16 tensors take the compiled path (slimbench/optim/_native.py checks which entry points exist). */
 
+/* Whether M's update can move to a column block's pass 1: M is stored in the compute type T, so reading it
+   back in pass 2 gives exactly the value just computed (fp32, fp64; not the half types). */
+#define IN_PASS1(S, T) (sizeof(S) == sizeof(T))
+
+/* A column block (R > 1 and I > 1) of a checked item: tensor, rows, row stride, width, offsets in p and V. */
+typedef struct {
+    int64_t i, R, I, w, base, vbase;
+} Block;
+
+static inline int is_columns(Item it, const int64_t *shapes) {
+    return shapes[3 * it.tensor + 1] > 1 && shapes[3 * it.tensor + 2] > 1;
+}
+
+static inline Block block_of(Item it, const int64_t *shapes) {
+    const int64_t R = shapes[3 * it.tensor + 1], I = shapes[3 * it.tensor + 2];
+    return (Block){it.tensor, R, I, it.hi - it.lo, it.o * R * I + it.lo, it.o * I + it.lo};
+}
+
 /* Per-tensor scalars of one step. */
 typedef struct {
     double neg_step, bc2_sqrt;
@@ -208,18 +230,89 @@ typedef struct {
         }                                                                                                        \
     }                                                                                                            \
                                                                                                                  \
-    /* One thread owns the block: columns lo..hi of slab o. */                                                   \
-    static void columns_##SUFFIX(S *p, const S *g, S *m, S *v, int64_t R, int64_t I, int64_t o, int64_t lo,      \
-                                 int64_t hi, const Hyper_##SUFFIX *h, T neg_step, T bc2_sqrt) {                  \
-        double acc[MAX_W];                                                                                       \
-        T scale[MAX_W];                                                                                          \
-        const int64_t w = hi - lo, base = o * R * I + lo;                                                        \
-        for (int64_t c = 0; c < w; c++) acc[c] = 0.0;                                                            \
-        column_sums_##SUFFIX(g + base, I, 0, R, w, acc);                                                         \
-        column_scales_##SUFFIX(v + o * I + lo, acc, R, w, h, neg_step, bc2_sqrt, scale);                         \
-        column_update_##SUFFIX(p + base, g + base, m + base, I, 0, R, w, h, scale);                              \
+    /* Pass 1 of an owned column block, rows r0..r1: acc[c] += G[r, c]^2, one row at a time (a column's sum      \
+       runs down the rows in one order however the columns are blocked or threaded). Where M is stored in T      \
+       (fp32, fp64: IN_PASS1) M is updated here too and pass 2 reads it back instead of G, so pass 1 streams     \
+       G and M and pass 2 streams p. The half types keep M's update in pass 2, where the unrounded new M is      \
+       at hand for p (each stored value rounded once). */                                                        \
+    static inline void block_pass1_##SUFFIX(const S *g, S *m, int64_t I, int64_t r0, int64_t r1, int64_t w,      \
+                                            const Hyper_##SUFFIX *h, double *acc) {                              \
+        const T sign = h->sign, w1 = h->w1;                                                                      \
+        for (int64_t r = r0; r < r1; r++) {                                                                      \
+            const S *gr = g + r * I;                                                                             \
+            S *mr = m + r * I;                                                                                   \
+            if (IN_PASS1(S, T)) {                                                                                \
+                _Pragma("omp simd")                                                                              \
+                for (int64_t c = 0; c < w; c++) {                                                                \
+                    T gc = LD(gr[c]), mc0 = LD(mr[c]);                                                           \
+                    mr[c] = ST(mc0 + w1 * (sign * gc - mc0));                                                    \
+                    acc[c] += (double)gc * (double)gc;                                                           \
+                }                                                                                                \
+            } else {                                                                                             \
+                _Pragma("omp simd")                                                                              \
+                for (int64_t c = 0; c < w; c++) acc[c] += (double)LD(gr[c]) * (double)LD(gr[c]);                 \
+            }                                                                                                    \
+        }                                                                                                        \
     }                                                                                                            \
                                                                                                                  \
+    /* Pass 2 of an owned column block, one row: p (and, for the half types, M) with the per-column scale. */    \
+    static inline void block_pass2_##SUFFIX(S *pr, const S *gr, S *mr, int64_t w, const Hyper_##SUFFIX *h,       \
+                                            const T *scale) {                                                    \
+        const T decay = h->decay;                                                                                \
+        if (IN_PASS1(S, T)) {                                                                                    \
+            _Pragma("omp simd")                                                                                  \
+            for (int64_t c = 0; c < w; c++) pr[c] = ST(LD(pr[c]) * decay + LD(mr[c]) * scale[c]);                \
+        } else {                                                                                                 \
+            column_update_##SUFFIX(pr, gr, mr, 0, 0, 1, w, h, scale);                                            \
+        }                                                                                                        \
+    }                                                                                                            \
+                                                                                                                 \
+    /* Owned column blocks items[k0..k1) of one thread, software-pipelined: pass 2 of block k runs row by row    \
+       interleaved with pass 1 of block k+1 (its rows spread evenly over block k's), so the loop streams         \
+       what a plain Adam step streams, p of one block and G, M of the next, instead of a pass 1 that reads       \
+       G alone and stalls on memory (it ran at a third of the bandwidth on 256-column blocks). Block k's         \
+       M (G for the half types) is re-read from L2/L3 in its pass 2. One acc: block k's sums become its          \
+       scales before block k+1's sums start. */                                                                  \
+    static void chain_##SUFFIX(S *const *P, const S *const *G, S *const *M, S *const *V, const int64_t *shapes,  \
+                               const Item *items, int64_t k0, int64_t k1, const Hyper_##SUFFIX *h,               \
+                               const T *neg_step, const T *bc2_sqrt) {                                           \
+        double acc[MAX_W];                                                                                       \
+        T scale[MAX_W];                                                                                          \
+        Block b = block_of(items[k0], shapes);                                                                   \
+        for (int64_t c = 0; c < b.w; c++) acc[c] = 0.0;                                                          \
+        block_pass1_##SUFFIX(G[b.i] + b.base, M[b.i] + b.base, b.I, 0, b.R, b.w, h, acc);                        \
+        for (int64_t k = k0; k < k1; k++) {                                                                      \
+            const int64_t i = b.i, R = b.R, I = b.I;                                                             \
+            column_scales_##SUFFIX(V[i] + b.vbase, acc, R, b.w, h, neg_step[i], bc2_sqrt[i], scale);             \
+            const int next = k + 1 < k1;                                                                         \
+            const Block nb = next ? block_of(items[k + 1], shapes) : b;                                          \
+            if (next)                                                                                            \
+                for (int64_t c = 0; c < nb.w; c++) acc[c] = 0.0;                                                 \
+            S *p = P[i] + b.base, *m = M[i] + b.base;                                                            \
+            const S *g = G[i] + b.base;                                                                          \
+            int64_t done = 0, err = 0; /* the next block's rows summed so far; Bresenham's share */              \
+            for (int64_t r = 0; r < R; r++) {                                                                    \
+                block_pass2_##SUFFIX(p + r * I, g + r * I, m + r * I, b.w, h, scale);                            \
+                if (!next) continue;                                                                             \
+                int64_t upto = done;                                                                             \
+                for (err += nb.R; err >= R; err -= R) upto++; /* after row r: (r + 1) * nb.R / R rows */         \
+                block_pass1_##SUFFIX(G[nb.i] + nb.base, M[nb.i] + nb.base, nb.I, done, upto, nb.w, h, acc);      \
+                done = upto;                                                                                     \
+            }                                                                                                    \
+            b = nb;                                                                                              \
+        }                                                                                                        \
+    }                                                                                                            \
+                                                                                                                 \
+    /* An item that is not a column block: a range of entries (K = ()) or of rows (K trailing). */               \
+    static void line_item_##SUFFIX(S *const *P, const S *const *G, S *const *M, S *const *V,                     \
+                                   const int64_t *shapes, Item it, const Hyper_##SUFFIX *h, const T *neg_step,   \
+                                   const T *bc2_sqrt) {                                                          \
+        const int64_t i = it.tensor, R = shapes[3 * i + 1];                                                      \
+        if (R == 1)                                                                                              \
+            adam_range_##SUFFIX(P[i], G[i], M[i], V[i], it.lo, it.hi, h, neg_step[i], bc2_sqrt[i]);              \
+        else                                                                                                     \
+            rows_##SUFFIX(P[i], G[i], M[i], V[i], R, it.lo, it.hi, h, neg_step[i], bc2_sqrt[i]);                 \
+    }                                                                                                            \
     /* The whole team shares the block: rows split between threads, partial sums added per column. Called      \
        inside a parallel region by every thread. parts[t] points at thread t's partial sums (its stack).        \
        Thread t then owns columns c0..c1: it adds every thread's partial sums there (in thread order) into      \
@@ -287,17 +380,26 @@ typedef struct {
                                         it.lo, it.hi, &h, neg_step[i], bc2_sqrt[i], parts, scale);               \
             }                                                                                                    \
         }                                                                                                        \
-        _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)")                   \
-        for (int64_t k = 0; k < n_items; k++) {                                                                  \
-            const Item it = items[k];                                                                            \
-            const int64_t i = it.tensor, R = shapes[3 * i + 1], I = shapes[3 * i + 2];                           \
-            if (R == 1)                                                                                          \
-                adam_range_##SUFFIX(P[i], G[i], M[i], V[i], it.lo, it.hi, &h, neg_step[i], bc2_sqrt[i]);         \
-            else if (I == 1)                                                                                     \
-                rows_##SUFFIX(P[i], G[i], M[i], V[i], R, it.lo, it.hi, &h, neg_step[i], bc2_sqrt[i]);            \
-            else                                                                                                 \
-                columns_##SUFFIX(P[i], G[i], M[i], V[i], R, I, it.o, it.lo, it.hi, &h, neg_step[i],              \
-                                 bc2_sqrt[i]);                                                                   \
+        if (threads == 1) { /* in plan order; a run of consecutive column blocks is one pipelined chain */       \
+            for (int64_t k = 0; k < n_items;) {                                                                  \
+                int64_t k1 = k;                                                                                  \
+                while (k1 < n_items && is_columns(items[k1], shapes)) k1++;                                      \
+                if (k1 > k) {                                                                                    \
+                    chain_##SUFFIX(P, G, M, V, shapes, items, k, k1, &h, neg_step, bc2_sqrt);                    \
+                    k = k1;                                                                                      \
+                } else {                                                                                         \
+                    line_item_##SUFFIX(P, G, M, V, shapes, items[k], &h, neg_step, bc2_sqrt);                    \
+                    k++;                                                                                         \
+                }                                                                                                \
+            }                                                                                                    \
+        } else { /* any thread takes any item: a column block is a chain of one */                               \
+            _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")                                \
+            for (int64_t k = 0; k < n_items; k++) {                                                              \
+                if (is_columns(items[k], shapes))                                                                \
+                    chain_##SUFFIX(P, G, M, V, shapes, items, k, k + 1, &h, neg_step, bc2_sqrt);                 \
+                else                                                                                             \
+                    line_item_##SUFFIX(P, G, M, V, shapes, items[k], &h, neg_step, bc2_sqrt);                    \
+            }                                                                                                    \
         }                                                                                                        \
         free(parts);                                                                                             \
         free(neg_step);                                                                                          \
