@@ -3,13 +3,15 @@
 #
 #     suites/gpu_check.sh OUT_DIR          # e.g. results/gpu/h100-2026-12-01
 #
-# Steps, each under its own timeout (their sum, 7.3 min, keeps the whole check under 8 minutes; none of
+# Steps, each under its own timeout (their sum, 7.7 min, keeps the whole check under 8 minutes; none of
 # it has been timed on a GPU yet, so the budgets are limits, not measurements):
 #   1. the CUDA tests, `pytest -m cuda tests/`                       -> cuda_tests.xml (+ summary.json)
 #   2. the fused suite at ~0.1B, ~0.5B and ~1B parameters, fp32 and bf16, against torch's fused and
 #      foreach AdamW (`--slimbench-gpu-sizes`), with the roofline columns -> fused-float32.json, fused-bfloat16.json
 #   3. the CUDA memory profile, `python -m slimbench profile --device cuda` -> profile.json
-#   4. audit vs torch.cuda.memory_allocated: slimbench has no such command yet; recorded as not run.
+#   4. audit vs torch.cuda.memory_allocated (slimbench.memory.cuda_check): the meta audit's state bytes,
+#      each tensor rounded up to 512, == memory_allocated() growth over the first step, for adamw and
+#      slimadam (paper rules) on gpt2-tiny; exit 1 when any differs  -> audit_vs_allocated.json
 # summary.json: the machine (GPU name, torch, git commit) and every step's command, exit status, seconds.
 # Without a CUDA device it stops at once with one line on stderr and exit status 3, writing nothing.
 set -uo pipefail
@@ -55,7 +57,12 @@ for dtype in float32 bfloat16; do
     --slimbench-device cuda --slimbench-dtype "$dtype" --benchmark-json="$out/fused-$dtype.json"
 done
 step profile 45 "$py" -m slimbench profile --device cuda --model gpt2-small --format json --out "$out/profile.json"
-echo "gpu_check: audit vs torch.cuda.memory_allocated: not implemented in slimbench yet; not run" >&2
+step audit_vs_allocated 25 "$py" -c '
+import json, sys
+from slimbench.memory.cuda_check import audit_vs_allocated
+res = audit_vs_allocated("gpt2-tiny", ["adamw", "slimadam"])
+open(sys.argv[1], "w").write(json.dumps(res.to_dict(), indent=2) + "\n")
+sys.exit(0 if res.all_equal else 1)' "$out/audit_vs_allocated.json"
 
 "$py" - "$out" <<'EOF' > "$out/summary.json"
 import json, subprocess, sys, xml.etree.ElementTree as ET
@@ -69,9 +76,13 @@ if (out / "cuda_tests.xml").exists():
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     tests = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
 commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+audit = None  # per optimizer: predicted == measured, from audit_vs_allocated.json when that step wrote it
+if (out / "audit_vs_allocated.json").exists():
+    rows = json.loads((out / "audit_vs_allocated.json").read_text())["rows"]
+    audit = {r["optimizer"]: {"equal": r["equal"], "difference": r["difference"]} for r in rows}
 print(json.dumps({"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda, "torch": torch.__version__,
                   "commit": commit, "steps": steps, "cuda_tests": tests,
-                  "audit_vs_allocated": "not implemented in slimbench yet; not run"}, indent=2))
+                  "audit_vs_allocated": audit}, indent=2))
 EOF
 echo "gpu_check: wrote $out (failed steps: $failed)" >&2
 exit "$failed"

@@ -35,3 +35,16 @@ def test_gpu_sizes_are_opt_in(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120, cwd=SCRIPT.parents[1])
     assert "4 skipped" in proc.stdout, proc.stdout[-2000:]
     assert "run with --slimbench-gpu-sizes" in proc.stdout
+
+
+def test_gpu_check_inline_python_compiles() -> None:
+    """The script's inline Python (the audit-vs-allocated step, the heredocs) is at least valid Python: it
+    runs only on a GPU, so a syntax error would otherwise first show there."""
+    import re
+
+    text = SCRIPT.read_text()
+    programs = re.findall(r"-c '\n(.*?)' ", text, flags=re.S)
+    programs += re.findall(r"<<'EOF'[^\n]*\n(.*?)\nEOF\n", text, flags=re.S)
+    assert len(programs) == 3 and any("audit_vs_allocated(" in p for p in programs)
+    for src in programs:
+        compile(src, str(SCRIPT), "exec")
