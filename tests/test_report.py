@@ -300,3 +300,20 @@ def test_report_and_compare_skip_mistyped_run_files_with_one_warning(tmp_path, c
                    "a list of {'step': int, 'loss': number or null}, got [{'step': 'zero', 'loss': 1.0}]"]
     assert main(["compare", str(folder), str(folder)]) == 0
     assert capsys.readouterr().err.splitlines() == err * 2  # once per side
+
+
+def test_hand_written_rules_are_named_by_file_derived_ones_by_cutoff(tmp_path):
+    """Two hand-written rules files (an experiment's choices) must not share the name "SNR rules": each is
+    named by its file; a file derived from an SNR record (it has a cutoff) keeps "SNR rules, cutoff C"."""
+    from slimbench.report.runs import rules_names
+    from slimbench.rules import fingerprint, load_rules, save_rules
+
+    a = save_rules(tmp_path / "emb-token.json", [{"match": "tok_emb.weight", "dims": [0]}])
+    b = save_rules(tmp_path / "emb-embed.json", [{"match": "tok_emb.weight", "dims": [1]}])
+    c = save_rules(tmp_path / "derived.json", [{"match": "embedding", "dims": [1], "snr": 3.0}],
+                   cutoff=1.0, by="layer_type")
+    items = [Item(str(p), load_rules(p)) for p in (a, b, c)]
+    names = rules_names(items)
+    assert names[fingerprint(items[0].data)] == "rules emb-token"
+    assert names[fingerprint(items[1].data)] == "rules emb-embed"
+    assert names[fingerprint(items[2].data)] == "SNR rules, cutoff 1.0, by layer type"

@@ -41,13 +41,20 @@ def optimizer_label(result) -> str:
 
 
 def rules_names(rules_items: Iterable[Item]) -> dict[str, str]:
-    """{rules fingerprint: "SNR rules, cutoff C"} for the rules files of a collection (what a run's
-    fingerprint points to, when the report was given the rules file)."""
+    """{rules fingerprint: name} for the rules files of a collection (what a run's fingerprint points to,
+    when the report was given the rules file): "SNR rules, cutoff C" for rules derived from an SNR record
+    (a cutoff or an SNR file in the provenance), else "rules <file name>" (hand-written rules, e.g. an
+    experiment's choices), so two hand-written files never share one name."""
     from slimbench.rules import fingerprint
 
     out = {}
     for item in rules_items:
         rs = item.data
+        prov = rs.provenance or {}
+        if rs.cutoff is None and not prov.get("snr_file") and "derived" not in prov:
+            src = str(rs.source or getattr(item, "path", "") or "rules")
+            out[fingerprint(rs)] = "rules " + src.replace(chr(92), "/").rsplit("/", 1)[-1].removesuffix(".json")
+            continue
         cutoff = f", cutoff {float(rs.cutoff)!r}" if rs.cutoff is not None else ""
         by = ", by layer type" if rs.by == "layer_type" else ""
         out[fingerprint(rs)] = f"SNR rules{cutoff}{by}"
