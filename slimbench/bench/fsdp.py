@@ -64,7 +64,12 @@ def shard(model: nn.Module, world: int) -> nn.Module:
         if isinstance(mod, nn.ModuleList):
             for block in mod:
                 fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    # The root reshards after forward too (torch's default keeps its unsharded tensors until backward): an
+    # eval forward has no backward, and until the next one model.parameters() would list those unsharded
+    # tensors, not the DTensors the optimizer holds, so a loop that lists the parameters after validating
+    # (clip_grad_norm_ over them) saw no gradients of the root's weights and a wrong norm. Cost: one
+    # all-gather of the root's own weights (embeddings, final norm, head) per backward.
+    fully_shard(model, mesh=mesh, reshard_after_forward=True)
     return model
 
 
