@@ -185,11 +185,14 @@ TP_K = ((), (0,), (1,), (0, 1))
 TP_MIX = {"fc1.weight": [0], "fc2.weight": [1], "fc3.weight": [1], "fc4.weight": [0]}
 
 
-def _tp_train(model: nn.Module, rules: object, flags: dict, steps: int) -> tuple[torch.optim.Optimizer, int]:
-    """``steps`` SlimAdam steps on TPNet; returns the optimizer and the all-reduces of the last step."""
-    from slimbench import SlimAdam
+def _tp_train(model: nn.Module, rules: object, flags: dict, steps: int,
+              adalayer: bool = False) -> tuple[torch.optim.Optimizer, int]:
+    """``steps`` SlimAdam (or AdaLayer) steps on TPNet; returns the optimizer and the all-reduces of the
+    last step."""
+    from slimbench import AdaLayer, SlimAdam
 
-    opt = SlimAdam(model, lr=0.02, betas=(0.9, 0.99), weight_decay=0.1, rules=rules, **flags)
+    opt = (AdaLayer(model.named_parameters(), lr=0.02, betas=(0.9, 0.99), weight_decay=0.1, **flags) if adalayer
+           else SlimAdam(model, lr=0.02, betas=(0.9, 0.99), weight_decay=0.1, rules=rules, **flags))
     x = torch.randn(6, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     calls = 0
     for s in range(steps):
@@ -230,6 +233,27 @@ def check_tensor_parallel(steps: int = 6, quick: bool = False) -> dict:
                 v = opt.state[p]["exp_avg_sq"]
                 out["v"][f"{cname} {name}"] = (p.placements, tuple(v.shape), v.placements)
     return out
+
+
+def check_tensor_parallel_adalayer(steps: int = 6) -> dict:
+    """AdaLayer (one V per weight: every K crosses ranks) on the tensor-parallel TPNet == one process, on
+    the for-loop and foreach paths; the empty shards' Replicate() gradients included."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    torch.manual_seed(0)
+    base = TPNet().double()
+    plan = {"fc1": ColwiseParallel(use_local_output=False), "fc2": RowwiseParallel(),
+            "fc3": ColwiseParallel(use_local_output=False), "fc4": RowwiseParallel()}
+    errs = {}
+    for pname, flags in (("loop", dict(foreach=False)), ("foreach", dict(foreach=True))):
+        ref = copy.deepcopy(base)
+        ref_opt, _ = _tp_train(ref, None, flags, steps, adalayer=True)
+        m = parallelize_module(copy.deepcopy(base), mesh, plan)
+        opt, _ = _tp_train(m, None, flags, steps, adalayer=True)
+        errs[pname] = max_err(ref, ref_opt, m, opt)
+    return errs
 
 
 def count_collectives() -> dict:
@@ -408,7 +432,7 @@ def check_registry(steps: int = 2) -> dict:
 CHECKS = {"fsdp": lambda: check_equivalence("fsdp"), "ddp": lambda: check_equivalence("ddp"),
           "fsdp-quick": lambda: check_equivalence("fsdp", quick=True), "collectives": count_collectives, "snr": check_snr, "audit": check_audit_per_rank,
           "ckpt-save": checkpoint_save, "tp": check_tensor_parallel,
-          "tp-quick": lambda: check_tensor_parallel(quick=True), "registry": check_registry, "ckpt-resume": checkpoint_resume}
+          "tp-quick": lambda: check_tensor_parallel(quick=True), "tp-adalayer": check_tensor_parallel_adalayer, "registry": check_registry, "ckpt-resume": checkpoint_resume}
 
 
 def main(rank: int, world: int, port: int, checks: list[str], out: str) -> None:

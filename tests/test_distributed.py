@@ -48,7 +48,7 @@ def spawn(world: int, checks: list[str], tmp_path: Path) -> list[dict]:
 
 _cache: dict[tuple, list[dict]] = {}
 FULL = ("fsdp", "ddp", "collectives", "audit")
-QUICK = ("fsdp-quick", "collectives", "snr", "audit", "tp-quick")
+QUICK = ("fsdp-quick", "collectives", "snr", "audit", "tp-quick", "tp-adalayer")
 
 
 def results(world: int, checks: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
@@ -114,6 +114,15 @@ def test_tensor_parallel_shard1_quick(tmp_path_factory: pytest.TempPathFactory) 
     (crosses) and (1,) (local), on a Rowwise Shard(1) one K = (1,) (crosses: V replicated) and (0,) (local:
     V Shard(1)), on the loop, foreach and fused paths."""
     assert_tensor_parallel(results(3, QUICK, tmp_path_factory), "tp-quick", 1)
+
+
+def test_adalayer_under_tensor_parallelism_equals_one_process(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """AdaLayer on the Colwise/Rowwise pairs at 3 ranks (an empty shard on each dim, whose gradient comes back
+    Replicate()): == one process to 1e-12 on the for-loop and foreach paths."""
+    for rank, r in enumerate(results(3, QUICK, tmp_path_factory)):
+        errs = r["tp-adalayer"]
+        assert set(errs) == {"loop", "foreach"}
+        assert all(e <= 1e-12 for e in errs.values()), (rank, errs)
 
 
 @pytest.mark.distributed

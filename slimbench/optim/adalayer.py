@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from slimbench.layers import LAYER_TYPES, layer_type
-from slimbench.distributed import all_reduce_sums, is_sharded, local
+from slimbench.distributed import all_reduce_sums, is_sharded, local, local_grad, sharded_dims
 from slimbench.optim._docs import splice
 from slimbench.optim.slimadam import check_adam_hyper, default_foreach
 
@@ -74,6 +74,7 @@ class AdaLayer(Optimizer):
             layer = ([], [], [], [], [])  # params (local shards), grads, exp_avgs, exp_avg_sqs (0-d), steps
             full = ([], [], [], [], [])
             numels: list[int] = []
+            split: list[bool] = []  # per tensor in `layer`: split over ranks, so its sum of G^2 is partial
             sharded = False
             for p, is_full in zip(group["params"], group["full_adam"]):
                 if p.grad is None:
@@ -90,18 +91,20 @@ class AdaLayer(Optimizer):
                     for lst, t in zip(full, (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
                         lst.append(t)
                     continue
-                for lst, t in zip(layer, (local(p), local(p.grad), local(state["exp_avg"]), state["exp_avg_sq"],
+                for lst, t in zip(layer, (local(p), local_grad(p), local(state["exp_avg"]), state["exp_avg_sq"],
                                           state["step"])):
                     lst.append(t)
                 numels.append(p.numel())  # the whole tensor's (a DTensor's numel is global)
-                sharded = sharded or is_sharded(p)
+                # a Replicate() DTensor (a tensor-parallel bias) holds the whole tensor: its sum is not reduced
+                split.append(is_sharded(p) and bool(sharded_dims(p)))
+                sharded = sharded or split[-1]
             foreach = group["foreach"] if group["foreach"] is not None else default_foreach(group["params"])
             if full[0]:
                 _torch_adam(*full[:4], [], full[4], foreach=foreach, decoupled_weight_decay=True, amsgrad=False,
                             beta1=beta1, beta2=beta2, lr=lr, weight_decay=wd, eps=eps, maximize=False)
             if layer[0]:
                 _adalayer_update(*layer, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, foreach=foreach,
-                                 numels=numels if sharded else None)
+                                 numels=numels if sharded else None, split=split)
         return loss
 
 
@@ -110,14 +113,16 @@ AdaLayer.__doc__ = splice(AdaLayer.__doc__)
 
 def _adalayer_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], vs: list[Tensor],
                      steps: list[Tensor], *, lr: float, beta1: float, beta2: float, eps: float,
-                     weight_decay: float, foreach: bool, numels: list[int] | None = None) -> None:
+                     weight_decay: float, foreach: bool, numels: list[int] | None = None,
+                     split: list[bool] | None = None) -> None:
     """The layer-wise update: v is a 0-d tensor per parameter; mean(G^2) = ||G||^2 / numel.
 
-    ``numels`` (the whole tensors' sizes) means the lists hold FSDP2 shards: each rank's ||G||^2 is summed
-    across ranks in one all-reduce before dividing, so v is the same on every rank (a plain 0-d tensor)."""
+    ``numels`` (the whole tensors' sizes) means the lists hold DTensor shards: each rank's ||G||^2 of a
+    tensor split over ranks (``split``; default all) is summed across ranks in one all-reduce before
+    dividing, so v is the same on every rank (a plain 0-d tensor); a replicated one's is already whole."""
     if numels is not None:
         sq = [g.square().sum() for g in grads]
-        all_reduce_sums(sq)
+        all_reduce_sums([s for s, cut in zip(sq, split or [True] * len(sq)) if cut])
         torch._foreach_add_(steps, 1)
         torch._foreach_mul_(params, 1 - lr * weight_decay)
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
