@@ -413,10 +413,12 @@ def memory_quality(claims: Sequence[dict], memory_rows: Sequence[dict], out: str
     for ax in (ax1, ax2):
         ax.set_xlabel("optimizer state (bytes per parameter)")
         ax.set_xscale("log")
+        _plain_log(ax.xaxis)
         ax.grid(alpha=0.3, which="both")
     ax1.set_ylabel("final val loss at own best lr (nats, 95% CI)")
     ax2.set_ylabel("lr-band width within 5% of best (hi/lo)")
     ax2.set_yscale("log")
+    _plain_log(ax2.yaxis)
     handles = [ax1.plot([], [], "o", color=palette(n))[0] for n in _order({d["name"] for d in data})]
     handles += [ax1.plot([], [], markers[i % len(markers)], color="grey")[0] for i in range(len(tasks))]
     labels = _order({d["name"] for d in data}) + tasks
