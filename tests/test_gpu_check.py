@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "suites" / "gpu_check.sh"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "suites" / "gpu_check.sh"
 
 
 @pytest.mark.skipif(not Path("/bin/bash").exists(), reason="needs bash")
@@ -48,3 +49,23 @@ def test_gpu_check_inline_python_compiles() -> None:
     assert len(programs) == 3 and any("audit_vs_allocated(" in p for p in programs)
     for src in programs:
         compile(src, str(SCRIPT), "exec")
+
+
+def test_every_cuda_only_test_carries_the_cuda_marker() -> None:
+    """gpu_check.sh selects the CUDA tests with ``-m cuda``: a test that only skips without CUDA (a bare
+    ``skipif``) would never run there. Every test skipped for "needs a CUDA device" must carry the marker."""
+    import ast
+
+    unmarked = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        aliases = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                   if isinstance(t, ast.Name) and "needs a CUDA device" in ast.unparse(n.value)}
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef) or not fn.name.startswith("test"):
+                continue
+            decos = [ast.unparse(d) for d in fn.decorator_list]
+            skips = any("needs a CUDA device" in d or d in aliases for d in decos)
+            if skips and "pytest.mark.cuda" not in decos:
+                unmarked.append(f"{path.name}::{fn.name}")
+    assert unmarked == []

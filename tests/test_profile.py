@@ -111,6 +111,7 @@ def test_cli_profile_json(capsys):
 
 
 @cuda
+@pytest.mark.cuda
 def test_cuda_step_memory_and_snapshot(tmp_path):
     res = profile("gpt2-tiny", ["adamw", "slimadam"], device="cuda", foreach=True, snapshot_dir=tmp_path)
     for row in res.rows:
@@ -121,6 +122,7 @@ def test_cuda_step_memory_and_snapshot(tmp_path):
 
 
 @cuda
+@pytest.mark.cuda
 def test_cuda_ledger_matches_cpu():
     cpu_model, cpu_opt = _ready("slimadam")
     model = build_model("gpt2-tiny", "cuda")
