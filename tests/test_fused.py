@@ -604,3 +604,190 @@ def test_a_compiler_that_fails_is_a_clear_native_unavailable(tmp_path, monkeypat
     with pytest.raises(_native.NativeUnavailable, match="failed to compile _native_kernel.c"):
         _native.build()
     assert list((tmp_path / "kernels").iterdir()) == []
+
+
+# --- tensors whose K crosses ranks: local sums, one all-reduce, the kernel with the sums given -----------
+
+def _simulated_ranks(shape: tuple[int, ...], k: tuple[int, ...], split: int, ranks: int, dtype: torch.dtype,
+                     steps: int = 6, threads: int = 1, monkeypatch: pytest.MonkeyPatch | None = None,
+                     ref: str = "foreach") -> dict:
+    """One tensor cut into ``ranks`` shards on dim ``split`` (torch.tensor_split: uneven, empty ones), each
+    shard stepped by ``_fused._fused_slimadam`` with a CrossRank whose all_reduce adds every shard's local
+    sums (what gloo's all-reduce returns), against the foreach path on the whole tensor (``ref="native"``:
+    the kernel's own step on the whole tensor, the same rounding for the half types). Returns the
+    largest error, the all-reduces per call and what the kernel's ``step_given`` took."""
+    from slimbench.optim import _native
+    from slimbench.optim._functional import AdamHyper, _multi_tensor_slimadam
+    from slimbench.optim._reduce import CrossRank, reduced_shape, sum_sq
+
+    hp = AdamHyper(0.02, 0.9, 0.99, 1e-8, 0.1)
+    gen = torch.Generator().manual_seed(7)
+    p = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    m, v, step = torch.zeros_like(p), torch.zeros(reduced_shape(shape, k), dtype=dtype), torch.zeros(())
+    shards = [x.clone().contiguous() for x in torch.tensor_split(p, ranks, dim=split)]
+    ms = [torch.zeros_like(x) for x in shards]
+    vs = [torch.zeros(reduced_shape(x.shape, k), dtype=dtype) for x in shards]
+    steps_s = [torch.zeros(()) for _ in shards]
+    n_k = 1
+    for d in k:
+        n_k *= shape[d]
+    calls, taken = [], []
+    real = _native.step_given
+
+    def spy(params, *args, **kwargs):
+        rest = real(params, *args, **kwargs)
+        taken.append(len(params) - len(rest))
+        return rest
+    monkeypatch.setattr(_native, "step_given", spy)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(steps):
+            g = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+            if ref == "foreach":
+                _multi_tensor_slimadam([p], [g], [m], [v], [step], [k], hp)
+            else:
+                _fused._fused_slimadam([p], [g], [m], [v], [step], [k], hp)
+            gs = [x.contiguous() for x in torch.tensor_split(g, ranks, dim=split)]
+            local = [sum_sq(x, k) for x in gs]
+            for r in range(ranks):
+                n_calls = [0]
+
+                def all_reduce(ts: list[torch.Tensor], n_calls=n_calls) -> None:
+                    n_calls[0] += 1
+                    for t in ts:
+                        t.copy_(sum(s.to(t.dtype) for s in local))
+                _fused._fused_slimadam([shards[r]], [gs[r]], [ms[r]], [vs[r]], [steps_s[r]], [k], hp, "auto",
+                                       CrossRank((n_k,), all_reduce))
+                calls.append(n_calls[0])
+    finally:
+        torch.set_num_threads(old)
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((a.double() - b.double()).abs() / b.double().abs().clamp_min(1e-3)).max().item()
+    err = max((torch.cat(shards, split) - p).abs().max().item(), (torch.cat(ms, split) - m).abs().max().item(),
+              max((x - v).abs().max().item() for x in vs))
+    if ref != "foreach":
+        err = max(rel(torch.cat(shards, split), p), rel(torch.cat(ms, split), m), max(rel(x, v) for x in vs))
+    return {"err": err, "calls": calls, "taken": taken,
+            "steps": [s.item() for s, x in zip(steps_s, shards) if x.numel()]}
+
+
+@pytest.mark.parametrize("shape,k,split", [((7, 6), (0,), 0), ((7, 6), (0, 1), 0), ((7, 6), (1,), 1),
+                                           ((6, 7), (0, 1), 1), ((3, 2, 3, 3), (0,), 0), ((3, 2, 3, 3), (0, 1), 0),
+                                           ((3, 2, 3, 3), (0, 1, 2, 3), 0), ((2, 5), (0,), 0),
+                                           ((5, 2, 3), (1, 2), 1), ((4, 300, 9), (1,), 1)])
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_native_with_sums_given_equals_one_process_fp64(shape, k, split, ranks, monkeypatch) -> None:
+    """The kernel's ``slimadam_given_f64`` on every shard (FSDP2's dim 0, tensor parallelism's dim 1; uneven
+    and empty shards; K leading, trailing, middle, all dims) == the foreach path on the whole tensor to 1e-12
+    over 6 steps, one all-reduce per call, every nonempty shard through the kernel and no warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = _simulated_ranks(shape, k, split, ranks, torch.float64, monkeypatch=monkeypatch)
+    assert out["err"] <= 1e-12, out
+    assert out["calls"] == [1] * (6 * ranks), out
+    nonempty = [x.numel() > 0 for x in torch.tensor_split(torch.empty(shape), ranks, dim=split)]
+    assert out["taken"] == [int(ne) for ne in nonempty] * 6, out
+    assert out["steps"] == [6.0] * sum(nonempty), out
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2 ** -6), (torch.float16, 2 ** -9)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_with_sums_given_other_dtypes_and_threads(dtype, tol, threads, monkeypatch) -> None:
+    """fp32 and the half types (computed in fp32, each stored value rounded once) with one and two threads,
+    K leading (column blocks) and trailing (rows): within two ulps (relative) of the kernel's own step on the
+    whole tensor over 3 steps (the shards' sums are formed in fp32 and added across ranks, the whole
+    tensor's in double: V may differ in its last bit)."""
+    from slimbench.optim import _native
+
+    _native.library()  # loading drops a dtype whose entry point the library lacks
+    if dtype not in _native.DTYPES:
+        pytest.skip(f"the kernel library has no {dtype} entry point")
+    for shape, k, split in (((9, 70), (0,), 0), ((9, 70), (1,), 1), ((4, 3, 5), (0, 1), 0)):
+        out = _simulated_ranks(shape, k, split, 3, dtype, steps=3, threads=threads, monkeypatch=monkeypatch,
+                               ref="native")
+        assert out["err"] <= tol and out["calls"] == [1] * 9 and sum(out["taken"]) == 9, (shape, k, out)
+
+
+def test_crossing_tensors_the_kernel_cannot_take_run_foreach_on_the_same_all_reduce(monkeypatch) -> None:
+    """K = (0, 2) (not a range of dims) crossing ranks: the foreach path with the sums already reduced (one
+    all-reduce for the call, shared with a tensor the kernel takes) and one warning, equal to one process."""
+    from slimbench.optim._functional import AdamHyper, _multi_tensor_slimadam
+    from slimbench.optim._reduce import CrossRank, reduced_shape, sum_sq
+
+    hp = AdamHyper(0.02, 0.9, 0.99, 1e-8, 0.1)
+    gen = torch.Generator().manual_seed(1)
+    shapes, ks = [(4, 3, 5), (5, 6)], [(0, 2), (0,)]
+    ps = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    ms = [torch.zeros_like(x) for x in ps]
+    vs = [torch.zeros(reduced_shape(s, k), dtype=torch.float64) for s, k in zip(shapes, ks)]
+    st_ = [torch.zeros(()) for _ in ps]
+    sh = [[x.clone() for x in torch.tensor_split(p, 2)] for p in ps]  # [tensor][rank]
+    sm = [[torch.zeros_like(x) for x in t] for t in sh]
+    sv = [[torch.zeros(reduced_shape(x.shape, k), dtype=torch.float64) for x in t] for t, k in zip(sh, ks)]
+    ss = [[torch.zeros(()) for _ in t] for t in sh]
+    counts = (4 * 5, 5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            gs = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+            _multi_tensor_slimadam(ps, gs, ms, vs, st_, ks, hp)
+            parts = [[x.contiguous() for x in torch.tensor_split(g, 2)] for g in gs]
+            totals = [sum(sum_sq(x, k) for x in t) for t, k in zip(parts, ks)]
+            for r in range(2):
+                n = [0]
+
+                def all_reduce(ts, n=n):
+                    n[0] += 1
+                    for t, tot in zip(ts, totals):
+                        t.copy_(tot)
+                _fused._fused_slimadam([sh[0][r], sh[1][r]], [parts[0][r], parts[1][r]], [sm[0][r], sm[1][r]],
+                                       [sv[0][r], sv[1][r]], [ss[0][r], ss[1][r]], ks, hp, "auto",
+                                       CrossRank(counts, all_reduce))
+                assert n[0] == 1
+    msgs = [str(w.message) for w in caught if "across ranks" in str(w.message)]
+    assert len(msgs) == 1 and "the native kernel cannot take them" in msgs[0], msgs
+    for t in range(2):
+        assert (torch.cat(sh[t]) - ps[t]).abs().max().item() <= 1e-12
+        assert max((v - vs[t]).abs().max().item() for v in sv[t]) <= 1e-12
+
+
+def test_native_given_entry_point_checks_its_plan_before_touching_memory() -> None:
+    """``slimadam_given_f64`` handed a plan that does not fit its (O, R, I, n_K, O*I): a negative code and
+    every tensor unchanged (sums with too few entries, n_K below the local R, a row or column past the
+    tensor, a block wider than MAX_W, a null pointer, a bad thread count)."""
+    import array
+    import ctypes
+
+    from slimbench.optim import _native
+
+    lib = _native.library()
+    fn = lib.slimadam_given_f64
+    p, g, m = torch.ones(4, 3, dtype=torch.float64), torch.ones(4, 3, dtype=torch.float64), torch.zeros(4, 3, dtype=torch.float64)
+    v, s, step = torch.zeros(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64), torch.zeros(())
+    before = [x.clone() for x in (p, m, v, step)]
+
+    def call(meta, items, ptrs=None, threads=1):
+        ptrs = ptrs or [x.data_ptr() for x in (p, g, m, v, step, s)]
+        pa = array.array("q", ptrs)
+        mt = (ctypes.c_int64 * len(meta))(*meta)
+        it = (ctypes.c_int64 * max(1, len(items)))(*items)
+        return fn(1, pa.buffer_info()[0], mt, it, len(items) // 4, 0.1, 0.9, 0.99, 1e-8, 0.0, 0, threads)
+
+    good_meta, good_items = [1, 4, 3, 8, 3], [0, 0, 0, 3]  # (O, R, I) = (1, 4, 3): one column block
+    assert call([1, 4, 3, 8, 2], good_items) == -2  # sums with 2 entries where V has 3
+    assert call([1, 4, 3, 3, 3], good_items) == -2  # n_K 3 < the local R 4
+    assert call([1, 0, 3, 8, 3], good_items) == -2  # a zero extent
+    assert call(good_meta, [0, 1, 0, 3]) == -3  # o past O
+    assert call(good_meta, [0, 0, 0, 4]) == -3  # column past I
+    assert call(good_meta, [0, 0, 2, 2]) == -3  # empty range
+    assert call(good_meta, [1, 0, 0, 3]) == -3  # tensor past n
+    assert call([4, 3, 1, 6, 4], [0, 0, 0, 5]) == -3  # rows (I == 1) past O
+    ptrs = [x.data_ptr() for x in (p, g, m, v, step, s)]
+    assert call(good_meta, good_items, ptrs=ptrs[:5] + [0]) == -1  # a null sums pointer
+    assert call(good_meta, good_items, threads=0) == -1
+    for x, b in zip((p, m, v, step), before):
+        assert torch.equal(x, b)
+    assert call(good_meta, good_items) == 0 and step.item() == 1.0
+    # V = (1 - b2) * 1 / 8 per column (the sums given, divided by n_K), not G's local mean (1)
+    torch.testing.assert_close(v, torch.full((1, 3), 0.01 / 8, dtype=torch.float64), rtol=1e-15, atol=0)

@@ -8,6 +8,11 @@ path. Those backends satisfy one contract (:mod:`slimbench.optim._backends`) and
 ordered fastest first, decides; :func:`chain` picks it for ``fused_backend``. Every backend computes
 mean_K(G*G) by the contract of :mod:`slimbench.optim._reduce`.
 
+Sharded tensors whose K includes a sharded dim (``cross_rank``): :func:`_step_crossing` forms their local
+sums of G*G over K, adds them across ranks in the call's one all-reduce and hands them to the native
+kernel's ``slimadam_given_*`` entry point, which divides by the whole tensor's n_K and updates V, M and p;
+what it cannot take (K not a range of dims) runs the foreach path on the same sums, with one warning.
+
 
 Safety: both fused paths index memory by the parameter's shape, so every tensor is first checked against its
 parameter (:mod:`slimbench.optim._checks`; a one-line ValueError before anything is updated).
@@ -30,7 +35,8 @@ from slimbench.optim import _native, _triton
 from slimbench.optim._backends import Backend, Lists, _warned, subset, warn_once
 from slimbench.optim._checks import MAX_CHECKED, Checked, _checked, check_state, checked, signature  # noqa: F401
 from slimbench.optim._compiled import COMPILED, _broken, _kernels
-from slimbench.optim._functional import FOREACH, FUSED_BACKENDS, AdamHyper
+from slimbench.optim._functional import FOREACH, FUSED_BACKENDS, AdamHyper, _multi_tensor_slimadam
+from slimbench.optim._reduce import CrossRank, acc_dtype, sum_sq
 from slimbench.optim._triton import TRITON, TRITON_STRICT
 
 __all__ = ["BACKENDS", "chain", "check_state", "checked", "clear_cache", "signature", "_broken", "_warned"]
@@ -66,21 +72,87 @@ def _warn_once(msg: str) -> None:
     warn_once(msg)
 
 
+class _Given:
+    """A CrossRank ``all_reduce`` whose sums are already added across ranks: it copies them in, so the
+    foreach path's three phases run on this call's one all-reduce instead of issuing another."""
+
+    def __init__(self, sums: list[Tensor]) -> None:
+        self.sums = sums
+
+    def __call__(self, tensors: list[Tensor]) -> None:
+        if len(tensors) != len(self.sums) or any(t.shape != s.shape for t, s in zip(tensors, self.sums)):
+            raise RuntimeError("SlimAdam(fused=True): the reduced sums do not match the tensors that cross ranks; "
+                               "this is a slimbench bug, please report it")
+        for t, s in zip(tensors, self.sums):
+            t.copy_(s)
+
+
+def _step_crossing(lists: Lists, counts: list[int], hp: AdamHyper, backends: tuple[Backend, ...],
+                   all_reduce, scratch: dict) -> None:
+    """The tensors whose K includes a dim sharded across ranks (:mod:`slimbench.optim._reduce`'s phases):
+    1. each one's local sum_K(G*G) (:func:`sum_sq`; an empty shard sums to zeros and still takes part),
+    2. ONE all-reduce for all of them (``all_reduce``, the call's CrossRank: one flat buffer per dtype),
+    3. the native kernel's update with the reduced sums given (``slimadam_given_*``: V gains
+       (1 - b2) * sum / n_K of the whole tensor). What the kernel does not take (K not a range of dims, a
+       non-contiguous gradient, an empty shard, another device, or a chain without it) runs the foreach
+       path on the same reduced sums (no second collective): the compiled kernels have no cross-rank phase.
+    """
+    grads, dims = lists[1], lists[5]
+    sums = [sum_sq(g, tuple(k), acc=True) for g, k in zip(grads, dims)]
+    all_reduce(sums)
+    rest = list(range(len(sums)))
+    if _native.NATIVE in backends:
+        given = [s if s.dtype == acc_dtype(s.dtype) else s.float() for s in sums]  # the kernel's T
+        rest = _native.NATIVE.step_given(lists, given, counts, hp, scratch)
+    if rest:
+        lost = [i for i in rest if lists[0][i].numel() > 0]
+        if lost:
+            warn_once(f"SlimAdam(fused=True): {len(lost)} tensors reduce V over a dim sharded across ranks and "
+                      "the native kernel cannot take them (K not a contiguous range of dims, a non-contiguous "
+                      "tensor, another device or dtype, or fused_backend without it); they run the foreach "
+                      "path on the same all-reduce")
+        _multi_tensor_slimadam(*subset(lists, rest), hp,
+                               CrossRank(tuple(counts[i] for i in rest), _Given([sums[i] for i in rest])))
+
+
 def _fused_slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
                     exp_avg_sqs: list[Tensor], state_steps: list[Tensor],
-                    dims: list[tuple[int, ...]], hp: AdamHyper, backend: str = "auto") -> None:
+                    dims: list[tuple[int, ...]], hp: AdamHyper, backend: str = "auto",
+                    cross_rank: CrossRank | None = None) -> None:
     """SlimAdam fused: each backend of :func:`chain` steps what it takes and leaves the rest to the next.
-    Raises ValueError, having updated nothing, when a tensor does not fit its parameter (:func:`check_state`)."""
+    Raises ValueError, having updated nothing, when a tensor does not fit its parameter (:func:`check_state`).
+
+    ``cross_rank`` (from :mod:`slimbench.distributed`; the lists then hold local shards) marks the tensors
+    whose K includes a sharded dim: they are stepped first by :func:`_step_crossing` (local sums, one
+    all-reduce for the call, the native kernel with the sums given), the others by the backends."""
     backends = chain(backend)
     entry = checked(params, grads, exp_avgs, exp_avg_sqs, state_steps, dims)
     lists: Lists = (params, grads, exp_avgs, exp_avg_sqs, state_steps, dims)
-    if entry.keep is not None:  # zero-size tensors: nothing to update
-        if not entry.keep:
+    keep = entry.keep
+    scratch_of = entry.scratch
+    native_scratch = entry.native
+    if cross_rank is not None and cross_rank.any():
+        if len(cross_rank.counts) != len(params):
+            raise ValueError(f"SlimAdam(fused=True): cross_rank covers {len(cross_rank.counts)} tensors, the call "
+                             f"{len(params)}")
+        crossing = [i for i, c in enumerate(cross_rank.counts) if c is not None]
+        key = tuple(crossing)
+        counts = [cross_rank.counts[i] for i in crossing]
+        # the signature is of the local shards: the plans also depend on the whole tensors' n_K
+        _step_crossing(subset(lists, crossing), counts, hp, backends, cross_rank.all_reduce,
+                       entry.scratch.setdefault(("crossing", key, tuple(counts)), {}))
+        kept = set(range(len(params)) if keep is None else keep)
+        keep = [i for i in range(len(params)) if cross_rank.counts[i] is None and i in kept]
+        # the backends below see a subset of the call's lists: their caches are kept per subset
+        scratch_of = entry.scratch.setdefault(("local", key), {})
+        native_scratch = scratch_of.setdefault(_native.NATIVE.name, {})
+    if keep is not None:  # zero-size tensors (and, under cross_rank, the tensors stepped above)
+        if not keep:
             return
-        lists = subset(lists, entry.keep)
+        lists = subset(lists, keep)
     for b in backends:
         # each backend's scratch lives with the call signature's checks (plans, which tensors it takes)
-        rest = b.step(lists, hp, entry.native if b is _native.NATIVE else entry.scratch.setdefault(b.name, {}))
+        rest = b.step(lists, hp, native_scratch if b is _native.NATIVE else scratch_of.setdefault(b.name, {}))
         if not rest:
             return
         if len(rest) < len(lists[0]):

@@ -27,6 +27,11 @@ half types are computed in fp32 and each stored value rounded once, as torch's f
 the for-loop rounds after every op); p, G, M and V contiguous; a float32 step counter; and K a
 contiguous range of dims (every K slimbench's rules produce for 1-D to 4-D weights: (), fan_out, fan_in,
 both, the embedding dim). Anything else goes to the compiled path.
+
+Sharded tensors whose K includes a sharded dim (:func:`step_given`, ``slimadam_given_*``): the kernel is
+handed each tensor's sums of G*G over K already added across ranks (:mod:`slimbench.optim._fused` forms
+them and runs the one all-reduce) with n_K of the whole tensor, and only applies them: V gains
+(1 - b2) * sum / n_K, then M and p are updated per row (K trailing) or per block of columns.
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ from slimbench.optim._backends import Lists, warn_once
 from slimbench.optim._functional import AdamHyper
 from slimbench.optim._native_build import NativeUnavailable, build, cache_dir, load
 
-__all__ = ["NATIVE", "NativeUnavailable", "build", "cache_dir", "library", "step_where_possible"]
+__all__ = ["NATIVE", "NativeUnavailable", "build", "cache_dir", "library", "step_given", "step_where_possible"]
 
 DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
 
@@ -61,7 +66,7 @@ BLOCK_BYTES = 1 << 22
 MIN_SPLIT_W = 256  # narrowest block made only to give each thread one (1 KiB of fp32 per row segment)
 SPLIT_BYTES = 1 << 18  # with several threads, gradients from this size get a block per thread
 MAX_W = 4096  # the kernel's stack arrays (slimadam_max_block in the C file)
-ABI = 2  # slimadam_abi_version(): the entry points' signature
+ABI = 3  # slimadam_abi_version(): the entry points' signatures (3: slimadam_given_* added)
 # The kernel's return codes (SLIMADAM_E* in the C file).
 KERNEL_ERRORS = {-1: "a count, thread number or pointer out of range", -2: "a tensor view with a zero extent",
                  -3: "a work item outside its tensor", -4: "out of memory for the per-call scratch"}
@@ -105,7 +110,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     (e.g. no _Float16 in this C compiler). Raises _Foreign for a library that is not this kernel."""
     try:
         abi, max_block = lib.slimadam_abi_version(), lib.slimadam_max_block()
-        lib.slimadam_step_f32, lib.slimadam_step_f64  # every C compiler builds these
+        lib.slimadam_step_f32, lib.slimadam_step_f64, lib.slimadam_given_f32, lib.slimadam_given_f64  # always built
     except AttributeError as e:
         raise _Foreign(f"the kernel library lacks an entry point ({e})") from None
     if abi != ABI or max_block != MAX_W:
@@ -118,6 +123,12 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                        ctypes.c_void_p, ctypes.c_int64, *([ctypes.c_double] * 5), ctypes.c_int, ctypes.c_int]
         fn.restype = ctypes.c_int
+        given = getattr(lib, f"slimadam_given_{suffix}", None)
+        if given is None:  # built from the same source as step_*: a library with one lacks the other
+            raise _Foreign(f"the kernel library has slimadam_step_{suffix} but not slimadam_given_{suffix}")
+        given.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                          *([ctypes.c_double] * 5), ctypes.c_int, ctypes.c_int]
+        given.restype = ctypes.c_int
     return lib
 
 
@@ -200,6 +211,16 @@ def make_plan(shapes: list[torch.Size], dims: list[tuple[int, ...]], itemsize: i
                 (ctypes.c_int64 * len(shared))(*shared), len(shared) // 4)
 
 
+def _check_rc(rc: int, what: str) -> None:
+    """Raise for a kernel's nonzero return code (it has then touched nothing)."""
+    if rc != 0:
+        why = KERNEL_ERRORS.get(rc, f"code {rc}")
+        if rc == -4:
+            raise MemoryError(f"SlimAdam(fused=True): the native kernel is {why}")
+        raise RuntimeError(f"SlimAdam(fused=True): the native kernel refused its plan for {what} ({why}) and "
+                           "did not run; this is a slimbench bug, please report it")
+
+
 def step_where_possible(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
                         exp_avg_sqs: list[Tensor], state_steps: list[Tensor], dims: list[tuple[int, ...]],
                         hp: AdamHyper, scratch: dict | None = None) -> list[int]:
@@ -246,20 +267,88 @@ def step_where_possible(params: list[Tensor], grads: list[Tensor], exp_avgs: lis
         rc = getattr(lib, f"slimadam_step_{DTYPES[dtype]}")(
             len(idx), ptrs.buffer_info()[0], plan.shapes, plan.items, plan.n_items, plan.shared, plan.n_shared,
             hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, int(hp.maximize), threads)
-        if rc != 0:
-            why = KERNEL_ERRORS.get(rc, f"code {rc}")
-            if rc == -4:
-                raise MemoryError(f"SlimAdam(fused=True): the native kernel is {why}")
-            raise RuntimeError(f"SlimAdam(fused=True): the native kernel refused its plan for the {dtype} "
-                               f"tensors ({why}) and did not run; this is a slimbench bug, please report it")
+        _check_rc(rc, f"the {dtype} tensors")
     return scratch["rest"]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The kernel's compute type T for a storage dtype: fp32 for the half types (the sums it is given)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def make_given_plan(shapes: list[torch.Size], dims: list[tuple[int, ...]], counts: list[int]) -> tuple:
+    """(meta, items, n_items) for :func:`step_given`: meta rows (O, R, I, n_K, O*I), items (tensor, o, lo,
+    hi): ranges of rows for K trailing (I == 1), else blocks of at most MAX_W columns of one o."""
+    meta, items = [], []
+    for i, (shape, k, n_k) in enumerate(zip(shapes, dims, counts)):
+        o, r, n_in = native_view(shape, k)
+        meta += [o, r, n_in, n_k, o * n_in]
+        if n_in == 1:
+            step = max(1, ITEM_ENTRIES // r)
+            items += [x for lo in range(0, o, step) for x in (i, 0, lo, min(o, lo + step))]
+        else:
+            w = min(MAX_W, max(1, ITEM_ENTRIES // r), n_in)
+            items += [x for oo in range(o) for lo in range(0, n_in, w) for x in (i, oo, lo, min(n_in, lo + w))]
+    return (ctypes.c_int64 * len(meta))(*meta), (ctypes.c_int64 * len(items))(*items), len(items) // 4
+
+
+def step_given(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+               state_steps: list[Tensor], dims: list[tuple[int, ...]], sums: list[Tensor], counts: list[int],
+               hp: AdamHyper, scratch: dict | None = None) -> list[int]:
+    """Update, with V's sums given, every tensor the kernel takes; return the indices of the others.
+
+    For the tensors whose K includes a dim sharded across ranks (:mod:`slimbench.optim._reduce` phase 3):
+    ``sums[i]`` is sum_K(G*G) at V's reduced shape, already added across ranks, and ``counts[i]`` n_K of the
+    whole tensor, so V gains (1 - b2) * sums[i] / counts[i]; the kernel reduces nothing itself
+    (``slimadam_given_*``). A tensor is taken when :func:`fits` and :func:`_ready` hold, it is not empty
+    and its sums are a contiguous CPU tensor of the compute dtype (fp32 for the half types) with V's
+    number of entries (checked every call: the sums are new every step); the kernel checks its plan against
+    (O, R, I, n_K, O*I) before touching memory. ``scratch`` caches the choice and plan per call signature.
+    """
+    if scratch is None:
+        scratch = {}
+    groups = scratch.get("given")
+    if groups is None:
+        candidates = [i for i, (p, k) in enumerate(zip(params, dims)) if fits(p, k) and p.numel() > 0]
+        if candidates:
+            library()
+        take = [i for i in candidates if params[i].dtype in DTYPES
+                and _ready(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], state_steps[i])]
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for i in take:
+            by_dtype.setdefault(params[i].dtype, []).append(i)
+        groups = scratch["given"] = [(dt, idx, make_given_plan([params[i].shape for i in idx], [dims[i] for i in idx],
+                                                               [counts[i] for i in idx]))
+                                     for dt, idx in by_dtype.items()]
+    done: set[int] = set()
+    threads = torch.get_num_threads()
+    for dtype, idx, (meta, items, n_items) in groups:
+        ct = _compute_dtype(dtype)
+        fresh = []
+        for i in idx:  # the sums are new tensors every call: their fit is checked every call
+            s, v = sums[i], exp_avg_sqs[i]
+            if (s.dtype == ct and s.device.type == "cpu" and s.is_contiguous() and s.numel() == v.numel()
+                    and counts[i] >= 1):
+                fresh.append(i)
+        if len(fresh) != len(idx):  # an unexpected sums tensor: no kernel call for this dtype, the caller steps it
+            continue
+        lib = library()
+        ptrs = array.array("q", [lst[i].data_ptr() for lst in (params, grads, exp_avgs, exp_avg_sqs, state_steps, sums)
+                                 for i in idx])
+        rc = getattr(lib, f"slimadam_given_{DTYPES[dtype]}")(
+            len(idx), ptrs.buffer_info()[0], meta, items, n_items,
+            hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, int(hp.maximize), threads)
+        _check_rc(rc, f"the {dtype} tensors with given sums")
+        done.update(idx)
+    return [i for i in range(len(params)) if i not in done]
 
 
 class _Native:
     """The first fused backend: the C kernel for the CPU tensors it takes (:func:`fits`, :func:`_ready`).
 
     Its mean_K(G*G) follows :mod:`slimbench.optim._reduce`'s contract (the sum over K in double, per row or
-    column block, divided by n_K) with no cross-rank phase: a K that crosses ranks never reaches it. Under
+    column block, divided by n_K). A K that crosses ranks reaches it through :meth:`step_given`: the sums
+    are formed and all-reduced by :mod:`slimbench.optim._fused` and the kernel only applies them. Under
     the caller's torch.compile or a TorchDispatchMode it takes nothing, so the maths runs as torch ops that
     can be traced or seen."""
 
@@ -273,6 +362,17 @@ class _Native:
             return list(range(len(lists[0])))
         try:
             return step_where_possible(*lists, hp, scratch=scratch)
+        except NativeUnavailable as e:
+            warn_once(f"SlimAdam(fused=True): the native CPU kernel is unavailable ({e}); using torch.compile instead")
+            return list(range(len(lists[0])))
+
+    def step_given(self, lists: Lists, sums: list[Tensor], counts: list[int], hp: AdamHyper,
+                   scratch: dict) -> list[int]:
+        """:func:`step_given` for the tensors whose sums were added across ranks; the indices it left."""
+        if torch.compiler.is_compiling() or is_in_torch_dispatch_mode():
+            return list(range(len(lists[0])))
+        try:
+            return step_given(*lists, sums, counts, hp, scratch=scratch)
         except NativeUnavailable as e:
             warn_once(f"SlimAdam(fused=True): the native CPU kernel is unavailable ({e}); using torch.compile instead")
             return list(range(len(lists[0])))

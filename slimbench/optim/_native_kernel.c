@@ -44,7 +44,7 @@
 #include <string.h>
 
 #define MAX_W 4096
-#define SLIMADAM_ABI 2 /* bumped whenever an entry point's signature changes */
+#define SLIMADAM_ABI 3 /* bumped whenever an entry point's signature changes */
 
 typedef struct {
     int64_t tensor, o, lo, hi;
@@ -147,6 +147,21 @@ typedef struct {
         T sign, decay, w1, b2, w2, eps;                                                                          \
     } Hyper_##SUFFIX;                                                                                            \
                                                                                                                  \
+    /* Increment every step counter; per tensor -lr / (1 - b1^t) and sqrt(1 - b2^t), in double as the for-loop \
+       computes them in Python, then rounded to T; and the step's hyperparameters in T. */                      \
+    static Hyper_##SUFFIX scalars_##SUFFIX(int64_t n, float *const *STEP, T *neg_step, T *bc2_sqrt, double lr,    \
+                                           double beta1, double beta2, double eps, double weight_decay,          \
+                                           int maximize) {                                                       \
+        for (int64_t i = 0; i < n; i++) {                                                                        \
+            *STEP[i] += 1.0f;                                                                                    \
+            double t = (double)*STEP[i];                                                                         \
+            neg_step[i] = (T)(-(lr / (1.0 - pow(beta1, t))));                                                    \
+            bc2_sqrt[i] = (T)sqrt(1.0 - pow(beta2, t));                                                          \
+        }                                                                                                        \
+        return (Hyper_##SUFFIX){maximize ? (T)-1 : (T)1, (T)(1.0 - lr * weight_decay), (T)(1.0 - beta1),         \
+                                (T)beta2, (T)(1.0 - beta2), (T)eps};                                             \
+    }                                                                                                            \
+                                                                                                                 \
     static void adam_range_##SUFFIX(S *p, const S *g, S *m, S *v, int64_t lo, int64_t hi,                       \
                                     const Hyper_##SUFFIX *h, T neg_step, T bc2_sqrt) {                           \
         const T sign = h->sign, decay = h->decay, w1 = h->w1, b2 = h->b2, w2 = h->w2, eps = h->eps;              \
@@ -161,9 +176,20 @@ typedef struct {
         }                                                                                                        \
     }                                                                                                            \
                                                                                                                  \
+    /* M and p of one row of R entries sharing one V entry, with its scale -step / (sqrt(V) / bc2 + eps). */  \
+    static inline void row_update_##SUFFIX(S *pr, const S *gr, S *mr, int64_t R, const Hyper_##SUFFIX *h,        \
+                                           T scale) {                                                            \
+        const T sign = h->sign, decay = h->decay, w1 = h->w1;                                                    \
+        _Pragma("omp simd")                                                                                      \
+        for (int64_t k = 0; k < R; k++) {                                                                        \
+            T mk0 = LD(mr[k]), mk = mk0 + w1 * (sign * LD(gr[k]) - mk0);                                         \
+            mr[k] = ST(mk);                                                                                      \
+            pr[k] = ST(LD(pr[k]) * decay + mk * scale);                                                          \
+        }                                                                                                        \
+    }                                                                                                            \
+                                                                                                                 \
     static void rows_##SUFFIX(S *p, const S *g, S *m, S *v, int64_t R, int64_t lo, int64_t hi,                   \
                               const Hyper_##SUFFIX *h, T neg_step, T bc2_sqrt) {                                 \
-        const T sign = h->sign, decay = h->decay, w1 = h->w1;                                                    \
         for (int64_t r = lo; r < hi; r++) {                                                                      \
             const S *gr = g + r * R;                                                                             \
             S *pr = p + r * R, *mr = m + r * R;                                                                  \
@@ -172,13 +198,7 @@ typedef struct {
             for (int64_t k = 0; k < R; k++) s += (double)LD(gr[k]) * (double)LD(gr[k]);                          \
             T vr = LD(v[r]) * h->b2 + h->w2 * ((T)s / (T)R); /* +inf past T's range */                           \
             v[r] = ST(vr);                                                                                       \
-            T scale = neg_step / (SQRT(vr) / bc2_sqrt + h->eps);                                                 \
-            _Pragma("omp simd")                                                                                  \
-            for (int64_t k = 0; k < R; k++) {                                                                    \
-                T mk0 = LD(mr[k]), mk = mk0 + w1 * (sign * LD(gr[k]) - mk0);                                     \
-                mr[k] = ST(mk);                                                                                  \
-                pr[k] = ST(LD(pr[k]) * decay + mk * scale);                                                      \
-            }                                                                                                    \
+            row_update_##SUFFIX(pr, gr, mr, R, h, neg_step / (SQRT(vr) / bc2_sqrt + h->eps));                    \
         }                                                                                                        \
     }                                                                                                            \
                                                                                                                  \
@@ -361,15 +381,8 @@ typedef struct {
             return SLIMADAM_ENOMEM;                                                                              \
         }                                                                                                        \
         T *bc2_sqrt = neg_step + n;                                                                              \
-        /* In double as the for-loop computes them in Python, then rounded to T. */                              \
-        for (int64_t i = 0; i < n; i++) {                                                                        \
-            *STEP[i] += 1.0f;                                                                                    \
-            double t = (double)*STEP[i];                                                                         \
-            neg_step[i] = (T)(-(lr / (1.0 - pow(beta1, t))));                                                    \
-            bc2_sqrt[i] = (T)sqrt(1.0 - pow(beta2, t));                                                          \
-        }                                                                                                        \
-        const Hyper_##SUFFIX h = {maximize ? (T)-1 : (T)1, (T)(1.0 - lr * weight_decay), (T)(1.0 - beta1),       \
-                                  (T)beta2, (T)(1.0 - beta2), (T)eps};                                           \
+        const Hyper_##SUFFIX h = scalars_##SUFFIX(n, STEP, neg_step, bc2_sqrt, lr, beta1, beta2, eps,             \
+                                                  weight_decay, maximize);                                       \
         if (n_shared > 0) {                                                                                      \
             T scale[MAX_W];                                                                                      \
             _Pragma("omp parallel num_threads(threads)")                                                         \
@@ -406,11 +419,94 @@ typedef struct {
         return SLIMADAM_OK;                                                                                      \
     }
 
+/* A step with V's sums given: the tensors whose K includes a dim sharded across ranks. The caller (Python,
+   slimbench/optim/_fused.py) forms each tensor's local sums of G^2 over K, adds them across ranks in the
+   call's one all-reduce and passes the result: sums[i] holds O*I values of type T (V's entries, in V's
+   order), and counts[i] is n_K of the whole (unsharded) tensor, so V gains w2 * (sum / n_K). Nothing is
+   reduced here; M and p are updated as in slimadam_step_*.
+   meta: n rows of (O, R, I, n_K, sums_numel), checked (sums_numel == O*I, n_K >= R >= 1) before any
+   tensor is touched. items: (tensor, o, lo, hi): I == 1, a range of rows (o == 0, hi <= O); else a block
+   of columns of one o (o < O, hi <= I, hi - lo <= MAX_W). */
+static int check_given(int64_t n, void *const *ptrs, const int64_t *meta, const Item *items, int64_t n_items,
+                       int threads) {
+    if (n < 0 || n_items < 0 || threads < 1 || threads > SLIMADAM_MAX_THREADS) return SLIMADAM_EARGS;
+    if (n == 0) return n_items == 0 ? SLIMADAM_OK : SLIMADAM_EITEM;
+    if (ptrs == NULL || meta == NULL || (n_items > 0 && items == NULL)) return SLIMADAM_EARGS;
+    for (int64_t i = 0; i < 6 * n; i++)
+        if (ptrs[i] == NULL) return SLIMADAM_EARGS;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t O = meta[5 * i], R = meta[5 * i + 1], I = meta[5 * i + 2], nk = meta[5 * i + 3];
+        int64_t entries, vn;
+        if (O < 1 || R < 1 || I < 1 || nk < R || __builtin_mul_overflow(O, R, &entries) ||
+            __builtin_mul_overflow(entries, I, &entries) || __builtin_mul_overflow(O, I, &vn) ||
+            meta[5 * i + 4] != vn)
+            return SLIMADAM_ESHAPE;
+    }
+    for (int64_t k = 0; k < n_items; k++) {
+        const Item it = items[k];
+        if (it.tensor < 0 || it.tensor >= n || it.lo < 0 || it.lo >= it.hi) return SLIMADAM_EITEM;
+        const int64_t O = meta[5 * it.tensor], I = meta[5 * it.tensor + 2];
+        if (I == 1 ? (it.o != 0 || it.hi > O) : (it.o < 0 || it.o >= O || it.hi > I || it.hi - it.lo > MAX_W))
+            return SLIMADAM_EITEM;
+    }
+    return SLIMADAM_OK;
+}
+
+#define DEFINE_GIVEN(SUFFIX, S, T, LD, ST, SQRT)                                                                 \
+    static void given_item_##SUFFIX(S *p, const S *g, S *m, S *v, const T *sum, int64_t R, int64_t I, T nk,      \
+                                    Item it, const Hyper_##SUFFIX *h, T neg_step, T bc2_sqrt) {                  \
+        if (I == 1) { /* rows of R contiguous entries, one V entry each */                                       \
+            for (int64_t r = it.lo; r < it.hi; r++) {                                                            \
+                T vr = LD(v[r]) * h->b2 + h->w2 * (sum[r] / nk);                                                 \
+                v[r] = ST(vr);                                                                                   \
+                row_update_##SUFFIX(p + r * R, g + r * R, m + r * R, R, h, neg_step / (SQRT(vr) / bc2_sqrt + h->eps)); \
+            }                                                                                                    \
+            return;                                                                                              \
+        }                                                                                                        \
+        T scale[MAX_W];                                                                                          \
+        const int64_t w = it.hi - it.lo, vbase = it.o * I + it.lo;                                               \
+        for (int64_t c = 0; c < w; c++) {                                                                        \
+            T vc = LD(v[vbase + c]) * h->b2 + h->w2 * (sum[vbase + c] / nk);                                     \
+            v[vbase + c] = ST(vc);                                                                               \
+            scale[c] = neg_step / (SQRT(vc) / bc2_sqrt + h->eps);                                                \
+        }                                                                                                        \
+        const int64_t base = it.o * R * I + it.lo;                                                               \
+        column_update_##SUFFIX(p + base, g + base, m + base, I, 0, R, w, h, scale);                              \
+    }                                                                                                            \
+                                                                                                                 \
+    /* ptrs: 6 arrays of n pointers (p, g, m, v, step, sums). See check_given for meta and items. */            \
+    int slimadam_given_##SUFFIX(int64_t n, void *const *ptrs, const int64_t *meta, const Item *items,            \
+                                int64_t n_items, double lr, double beta1, double beta2, double eps,              \
+                                double weight_decay, int maximize, int threads) {                                \
+        const int rc = check_given(n, ptrs, meta, items, n_items, threads);                                      \
+        if (rc != SLIMADAM_OK || n == 0) return rc;                                                              \
+        float *const *STEP = (float *const *)(ptrs + 4 * n); /* p, g, m, v, sums: read per item below */       \
+        T *neg_step = malloc((size_t)n * 2 * sizeof(T));                                                         \
+        if (neg_step == NULL) return SLIMADAM_ENOMEM;                                                            \
+        T *bc2_sqrt = neg_step + n;                                                                              \
+        const Hyper_##SUFFIX h = scalars_##SUFFIX(n, STEP, neg_step, bc2_sqrt, lr, beta1, beta2, eps,             \
+                                                  weight_decay, maximize);                                       \
+        _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)")                   \
+        for (int64_t k = 0; k < n_items; k++) {                                                                  \
+            const Item it = items[k];                                                                            \
+            const int64_t i = it.tensor;                                                                         \
+            given_item_##SUFFIX((S *)ptrs[i], (const S *)ptrs[n + i], (S *)ptrs[2 * n + i], (S *)ptrs[3 * n + i],  \
+                                (const T *)ptrs[5 * n + i], meta[5 * i + 1], meta[5 * i + 2],                    \
+                                (T)meta[5 * i + 3], it, &h, neg_step[i], bc2_sqrt[i]);                           \
+        }                                                                                                        \
+        free(neg_step);                                                                                          \
+        return SLIMADAM_OK;                                                                                      \
+    }
+
 DEFINE_STEP(f32, float, float, SAME, SAME, sqrtf)
 DEFINE_STEP(f64, double, double, SAME, SAME, sqrt)
 DEFINE_STEP(bf16, uint16_t, float, bf16_load, bf16_store, sqrtf)
+DEFINE_GIVEN(f32, float, float, SAME, SAME, sqrtf)
+DEFINE_GIVEN(f64, double, double, SAME, SAME, sqrt)
+DEFINE_GIVEN(bf16, uint16_t, float, bf16_load, bf16_store, sqrtf)
 #ifdef __FLT16_MAX__
 DEFINE_STEP(f16, _Float16, float, F16_LOAD, F16_STORE, sqrtf)
+DEFINE_GIVEN(f16, _Float16, float, F16_LOAD, F16_STORE, sqrtf)
 #endif
 
 int slimadam_max_block(void) { return MAX_W; }

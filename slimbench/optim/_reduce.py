@@ -15,9 +15,12 @@ Who implements it: the for-loop (:func:`mean_sq`, one tensor at a time), the for
 ``addcmul(V, |G|_K, |G|_K, (1-b2)/n_K)`` is phases 1 and 3 folded into one call; :func:`mean_sqs` when
 some tensor crosses ranks), the compiled bucket (:func:`mean_sq_graph`), and the C kernel
 (``_native_kernel.c``), which forms the same sum in double per row or column block and divides by n_K
-while the block is in cache. The kernel has no phase 2: it takes only tensors whose K is local, and
-:mod:`slimbench.optim._fused` sends the others through :func:`mean_sqs` on the foreach path (one warning).
-A new kernel implements phases 1 and 3 for its tensors; a cross-rank reduction is one :class:`CrossRank`.
+while the block is in cache. For a tensor whose K crosses ranks the fused path splits the phases around
+the kernel (:func:`slimbench.optim._fused._step_crossing`): phase 1 is :func:`sum_sq` (half types in fp32),
+phase 2 the call's one :class:`CrossRank` all-reduce, and phase 3 runs in the kernel's ``slimadam_given_*``
+entry point, which divides the sums it is given by the whole tensor's n_K; what the kernel cannot take
+(K not a range of dims) runs the foreach path on those same sums (one warning). A new kernel implements
+phases 1 and 3 for its tensors; a cross-rank reduction is one :class:`CrossRank`.
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def sum_sq(grad: Tensor, dims: tuple[int, ...]) -> Tensor:
+def sum_sq(grad: Tensor, dims: tuple[int, ...], acc: bool = False) -> Tensor:
     """Phase 1: sum_K(G*G) with K dims kept as size 1, without a full-size G*G temporary.
 
     Reducing trailing dims (fan_in, all dims) goes through ``vector_norm`` in one pass: the transient
@@ -60,10 +63,14 @@ def sum_sq(grad: Tensor, dims: tuple[int, ...]) -> Tensor:
     G when G is at most 256 KiB; this keeps SlimAdam's step faster than AdamW's and its transient memory
     far below it. Half-precision gradients accumulate in fp32 (the result is then fp32). An empty local
     shard (FSDP2's tail ranks) sums to zeros, so it can still take part in the cross-rank sum.
+    ``acc=True``: the trailing branch too forms (and returns) the half types' sums in fp32, as the native
+    kernel is given them (:func:`slimbench.optim._fused._step_crossing`); by default it returns G's dtype there.
     """
     if grad.numel() == 0:
         return torch.zeros(reduced_shape(grad.shape, dims), dtype=acc_dtype(grad.dtype), device=grad.device)
     if trailing(grad, dims):
+        if acc and acc_dtype(grad.dtype) != grad.dtype:
+            return torch.linalg.vector_norm(grad, 2, dim=dims, keepdim=True, dtype=acc_dtype(grad.dtype)).square_()
         return torch.linalg.vector_norm(grad, 2, dim=dims, keepdim=True).square_()
     acc = acc_dtype(grad.dtype)
     row_bytes = max(1, grad[0].numel() * grad.element_size())
