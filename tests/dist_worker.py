@@ -6,6 +6,7 @@ sharded run can be compared with a plain run of a copy of the model, entry for e
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import os
@@ -91,6 +92,41 @@ def max_err(ref_model: nn.Module, ref_opt, model: nn.Module, opt) -> float:
     return err
 
 
+# What the fused path did with the tensors whose K crosses ranks, per check and config (rank-local), filled
+# by native_spy and returned as results["native"]: tensors the native kernel stepped with the reduced sums
+# given, nonempty ones it left whose K is a contiguous range (it should leave none) and whose K is not
+# (those run foreach), and the SlimAdam warnings about sharded dims issued.
+NATIVE_LOG: dict[str, dict] = {}
+
+
+@contextlib.contextmanager
+def native_spy(key: str):
+    """Record into NATIVE_LOG[key] what ``_native.step_given`` took while the block runs, and the warnings."""
+    from slimbench.optim import _backends, _native
+
+    rec = NATIVE_LOG.setdefault(key, {"calls": 0, "taken": 0, "left_range": 0, "left_other": 0, "warnings": []})
+    real = _native.step_given
+
+    def spy(params, grads, exp_avgs, exp_avg_sqs, steps, dims, *a, **kw):
+        rest = real(params, grads, exp_avgs, exp_avg_sqs, steps, dims, *a, **kw)
+        rec["calls"] += 1
+        rec["taken"] += len(params) - len(rest)
+        for i in rest:
+            if params[i].numel():
+                rec["left_range" if _native.native_view(params[i].shape, dims[i]) else "left_other"] += 1
+        return rest
+    _native.step_given = spy
+    _backends._warned.clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield rec
+    finally:
+        _native.step_given = real
+        warnings.simplefilter("ignore")
+    rec["warnings"] += [str(w.message) for w in caught if "across ranks" in str(w.message)]
+
+
 QUICK_K4 = ((0,), (0, 2), (1, 2, 3), (0, 1, 2, 3))  # the default run's subset: crossing, non-contiguous, local, all
 
 
@@ -122,7 +158,8 @@ def check_equivalence(mode: str, steps: int = 6, quick: bool = False) -> dict:
         ref = copy.deepcopy(base)
         ref_opt = train(ref, make, steps)
         m = wrap(base)
-        opt = train(m, make, steps)
+        with native_spy(f"{mode} {cname}") if pname == "fused" else contextlib.nullcontext():
+            opt = train(m, make, steps)
         errs[f"slimadam {cname} {pname}"] = max_err(ref, ref_opt, m.module if mode == "ddp" else m, opt)
     # param groups (no decay on the conv) and an lr schedule
     def grouped(m: nn.Module) -> torch.optim.Optimizer:
@@ -225,7 +262,8 @@ def check_tensor_parallel(steps: int = 6, quick: bool = False) -> dict:
         ref = copy.deepcopy(base)
         ref_opt, _ = _tp_train(ref, rules, flags, steps)
         m = parallelize_module(copy.deepcopy(base), mesh, plan)
-        opt, calls = _tp_train(m, rules, flags, steps)
+        with native_spy(f"tp {cname}") if pname == "fused" else contextlib.nullcontext():
+            opt, calls = _tp_train(m, rules, flags, steps)
         out["errs"][f"{cname} {pname}"] = max_err(ref, ref_opt, m, opt)
         out["all_reduces"][f"{cname} {pname}"] = calls
         for name, p in m.named_parameters():
@@ -268,7 +306,8 @@ def count_collectives() -> dict:
         for flags in (dict(foreach=False), dict(foreach=True), dict(fused=True)):
             opt = SlimAdam(m, lr=0.01, weight_decay=0.1, rules=rules, **flags)
             loss_fn(m, 0).backward()
-            out[f"{name} {next(iter(flags.items()))}"] = step_counting_all_reduces(opt)
+            with native_spy(f"collectives {name}") if "fused" in flags else contextlib.nullcontext():
+                out[f"{name} {next(iter(flags.items()))}"] = step_counting_all_reduces(opt)
     return out
 
 
@@ -448,5 +487,6 @@ def main(rank: int, world: int, port: int, checks: list[str], out: str) -> None:
     except Exception:  # noqa: BLE001 -- reported to the test, which fails with the traceback
         results["error"] = traceback.format_exc()
     finally:
+        results["native"] = NATIVE_LOG
         torch.save(results, f"{out}.{rank}")
         dist.destroy_process_group()

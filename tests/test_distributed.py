@@ -70,6 +70,26 @@ def assert_collectives(res: list[dict]) -> None:
         c = r["collectives"]
         assert c == {"paper ('foreach', False)": 1, "paper ('foreach', True)": 1, "paper ('fused', True)": 1,
                      "local ('foreach', False)": 0, "local ('foreach', True)": 0, "local ('fused', True)": 0}, c
+    assert_fused_native(res, "collectives", ["collectives paper"])
+
+
+def assert_fused_native(res: list[dict], prefix: str, native: list[str]) -> None:
+    """The fused path's tensors whose K crosses ranks went through the native kernel (``slimadam_given_*``,
+    the reduced sums given; dist_worker.native_spy): on every rank, no such tensor with a K that is a
+    contiguous range of dims was left to another path, and no warning about sharded dims was issued
+    except the one for tensors whose K is not a range (K = (0, 2): foreach, on the same all-reduce). Each
+    config named in ``native`` stepped at least one tensor there on rank 0 (its shards are never empty)."""
+    logs = [{k: v for k, v in r["native"].items() if k.split(" ", 1)[0] == prefix} for r in res]
+    assert logs[0], sorted(res[0]["native"])
+    for rank, log in enumerate(logs):
+        for key, rec in log.items():
+            assert rec["left_range"] == 0, (rank, key, rec)
+            assert len(rec["warnings"]) == (1 if rec["left_other"] else 0), (rank, key, rec)
+            assert all("the native kernel cannot take them" in w for w in rec["warnings"]), (rank, key, rec)
+            if prefix == "ddp":  # whole tensors on every rank: nothing crosses ranks
+                assert rec["calls"] == 0 and not rec["warnings"], (rank, key, rec)
+    for key in native:
+        assert logs[0][key]["taken"] > 0, (key, logs[0][key])
 
 
 @pytest.mark.parametrize("world", [3, pytest.param(2, marks=pytest.mark.distributed)])
@@ -77,6 +97,7 @@ def test_fsdp2_equals_one_process_quick(world: int, tmp_path_factory: pytest.Tem
     res = results(world, QUICK, tmp_path_factory)
     assert_equal_to_one_process(res, "fsdp-quick", 5 * 3 + 3)
     assert_collectives(res)
+    assert_fused_native(res, "fsdp", ["fsdp paper", "fsdp conv[0]/lin[0]"])
     for r in res:  # SNR of a sharded V == the unsharded one (4 weights, every candidate K, 3 steps)
         snr = r["snr"]
         assert snr["same_keys"] and snr["entries"] == 4 and snr["values"] >= 4 * 3 * 3, snr
@@ -113,7 +134,9 @@ def test_tensor_parallel_shard1_quick(tmp_path_factory: pytest.TempPathFactory) 
     """3 ranks (uneven shards; an empty one on each dim), the mix: on a Colwise Shard(0) weight K = (0,)
     (crosses) and (1,) (local), on a Rowwise Shard(1) one K = (1,) (crosses: V replicated) and (0,) (local:
     V Shard(1)), on the loop, foreach and fused paths."""
-    assert_tensor_parallel(results(3, QUICK, tmp_path_factory), "tp-quick", 1)
+    res = results(3, QUICK, tmp_path_factory)
+    assert_tensor_parallel(res, "tp-quick", 1)
+    assert_fused_native(res, "tp", ["tp mix"])
 
 
 def test_adalayer_under_tensor_parallelism_equals_one_process(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -130,14 +153,19 @@ def test_adalayer_under_tensor_parallelism_equals_one_process(tmp_path_factory: 
 def test_tensor_parallel_shard1_equals_one_process(world: int, tmp_path: Path) -> None:
     """torch's tensor parallelism (parallelize_module: ColwiseParallel Shard(0), RowwiseParallel Shard(1)) at 2
     and 3 ranks: K = (), (0,), (1,), (0, 1) on every weight and a mix, on every path, 6 steps, fp64."""
-    assert_tensor_parallel(spawn(world, ["tp"], tmp_path), "tp", 5)
+    res = spawn(world, ["tp"], tmp_path)
+    assert_tensor_parallel(res, "tp", 5)
+    assert_fused_native(res, "tp", ["tp mix", "tp K=[0]", "tp K=[1]", "tp K=[0, 1]"])
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [2, 3, 4])
 @pytest.mark.parametrize("mode", ["fsdp", "ddp"])
 def test_sharded_equals_one_process(world: int, mode: str, tmp_path_factory: pytest.TempPathFactory) -> None:
-    assert_equal_to_one_process(results(world, FULL, tmp_path_factory), mode, 17 * 3 - 1 + 3)
+    res = results(world, FULL, tmp_path_factory)
+    assert_equal_to_one_process(res, mode, 17 * 3 - 1 + 3)
+    assert_fused_native(res, mode, ["fsdp paper", "fsdp conv[0]/lin[0]", "fsdp conv[0, 1, 2, 3]/lin[0, 1]"]
+                        if mode == "fsdp" else [])
 
 
 @pytest.mark.distributed

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from slimbench.optim._backends import subset, warn_once
 from slimbench.optim._functional import AdamHyper, _multi_tensor_slimadam, _single_tensor_slimadam
 from slimbench.optim._reduce import CrossRank
 
@@ -20,9 +19,9 @@ def slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], 
     """Functional SlimAdam: see :class:`slimbench.SlimAdam` for the algorithm and the ``fused`` paths.
 
     ``cross_rank`` (from :mod:`slimbench.distributed`) marks the tensors whose K includes a dim sharded
-    across ranks; the lists then hold local shards. With ``fused``, those tensors run the foreach path
-    (the fused kernels reduce inside themselves and have no cross-rank phase; one warning), the others
-    the fused backends.
+    across ranks; the lists then hold local shards. With ``fused``, those tensors' local sums are added
+    across ranks in the call's one all-reduce and the native kernel applies them (``_fused._step_crossing``;
+    what it cannot take runs the foreach path on the same sums, one warning), the others the fused backends.
     """
     if foreach and fused:
         raise ValueError("`fused` and `foreach` cannot be `True` together.")
@@ -30,19 +29,8 @@ def slimadam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], 
     if fused:
         from slimbench.optim._fused import _fused_slimadam  # imported when used: it loads the backends
 
-        crossing = [i for i, c in enumerate(cross_rank.counts) if c is not None] if cross_rank else []
-        if crossing:
-            warn_once(f"SlimAdam(fused=True): {len(crossing)} tensors reduce V over a dim sharded across "
-                      "ranks; the fused kernels cannot add partial sums across ranks, so these run the "
-                      "foreach path (one all-reduce per step)")
-            local = [i for i in range(len(params)) if cross_rank.counts[i] is None]
-            sub = CrossRank(tuple(cross_rank.counts[i] for i in crossing), cross_rank.all_reduce)
-            _multi_tensor_slimadam(*subset(lists, crossing), hp, sub)
-            if local:
-                _fused_slimadam(*subset(lists, local), hp, fused_backend)
-            return
         if params:
-            _fused_slimadam(*lists, hp, fused_backend)
+            _fused_slimadam(*lists, hp, fused_backend, cross_rank)
         return
     if not params and not (cross_rank and cross_rank.any()):
         return

@@ -12,7 +12,9 @@ FUSED_DOC = """fused: do each group's whole update in as few passes over memory 
             dtype) bucket with ``torch.compile`` (:mod:`slimbench.optim._compiled`; a one-off compile of
             seconds to tens of seconds; lr schedules never recompile). Each falls back, with one
             warning, to the next (native -> compile -> foreach), never a crash. Tensors sharded across
-            ranks whose K includes the sharded dim run the foreach path (one warning). Cannot be combined
+            ranks whose K includes the sharded dim go through the native kernel with their sums
+            all-reduced (one all-reduce per call; a K that is not a range of dims runs foreach, one
+            warning). Cannot be combined
             with ``foreach=True``. Default None (off)."""
 
 FUSED_BACKEND_DOC = """fused_backend: ``"auto"`` (the native CPU kernel where it applies, the Triton kernel for CUDA
