@@ -309,7 +309,8 @@ def step_time(sweep_rows: Sequence[dict], fused_rows: Sequence[dict], out: str |
         fig = Figure(figsize=(11.0, max(3.0, 0.35 * len(sweep_rows) + 1.8)))
         ax1, ax2 = fig.subplots(1, 2, sharey=True)
         labels, ms, ratio, cols = [], [], [], []
-        for r in sorted(sweep_rows, key=lambda r: (r["task"], names.get(r["optimizer"], r["optimizer"]))):
+        sweep_rows_sorted = sorted(sweep_rows, key=lambda r: (r["task"], names.get(r["optimizer"], r["optimizer"])))
+        for r in sweep_rows_sorted:
             name = names.get(r["optimizer"], r["optimizer"])
             labels.append(f"{r['task'].split(' ')[0]}: {name}")
             ms.append(1e3 * r["min_s"] if r["min_s"] is not None else 0.0)
@@ -321,6 +322,10 @@ def step_time(sweep_rows: Sequence[dict], fused_rows: Sequence[dict], out: str |
         ax1.invert_yaxis()
         ax1.set_xlabel("fastest training step (ms; median over runs)")
         ax2.barh(ys, ratio, color=cols)
+        for y, r in zip(ys, sweep_rows_sorted):
+            if r["ratio"] is None:  # never a silent empty bar: say why there is none
+                ax2.text(0.02, y, "no AdamW run at the same task, lr and seed", va="center", fontsize=6,
+                         color="dimgray")
         ax2.axvline(1.0, color="black", ls="--", lw=1)
         ax2.set_xlabel("step time / AdamW's (same task, lr, seed)")
         for ax in (ax1, ax2):
