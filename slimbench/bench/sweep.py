@@ -183,7 +183,11 @@ def _submitit_job(config_dict: dict, out: str, threads: int | None = None) -> di
     """What a submitit job runs (module-level so it pickles): one run, its file written by the job."""
     if threads is not None:
         torch.set_num_threads(threads)
-    outcome = run_and_save(RunConfig.from_dict(config_dict), out)
+    return _job_summary(run_and_save(RunConfig.from_dict(config_dict), out))
+
+
+def _job_summary(outcome: RunOutcome) -> dict:
+    """What a job hands back to the sweep (plain data: it crosses a pickle); the sweep reloads the file."""
     return {"status": outcome.status, "path": outcome.path, "message": outcome.message}
 
 
@@ -205,8 +209,7 @@ def _submitit_fsdp_job(config_dict: dict, out: str, threads: int | None = None) 
         if world != config.fsdp:
             raise ValueError(f"run {config.run_id} needs {config.fsdp} ranks, the job has {world} tasks")
         if _fsdp.rank() == 0:
-            outcome = run_and_save(config, out)
-            got: dict | None = {"status": outcome.status, "path": outcome.path, "message": outcome.message}
+            got: dict | None = _job_summary(run_and_save(config, out))
         else:
             runner.run(config)
             got = None

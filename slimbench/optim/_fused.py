@@ -36,7 +36,7 @@ from slimbench.optim._backends import Backend, Lists, _warned, subset, warn_once
 from slimbench.optim._checks import MAX_CHECKED, Checked, _checked, check_state, checked, signature  # noqa: F401
 from slimbench.optim._compiled import COMPILED, _broken, _kernels
 from slimbench.optim._functional import FOREACH, FUSED_BACKENDS, AdamHyper, _multi_tensor_slimadam
-from slimbench.optim._reduce import CrossRank, acc_dtype, sum_sq
+from slimbench.optim._reduce import CrossRank, sum_sq
 from slimbench.optim._triton import TRITON, TRITON_STRICT
 
 __all__ = ["BACKENDS", "chain", "check_state", "checked", "clear_cache", "signature", "_broken", "_warned"]
@@ -66,10 +66,6 @@ def clear_cache() -> None:
     _warned.clear()
     _triton._broken.clear()
     _triton.specializations.clear()
-
-
-def _warn_once(msg: str) -> None:
-    warn_once(msg)
 
 
 class _Given:
@@ -102,8 +98,7 @@ def _step_crossing(lists: Lists, counts: list[int], hp: AdamHyper, backends: tup
     all_reduce(sums)
     rest = list(range(len(sums)))
     if _native.NATIVE in backends:
-        given = [s if s.dtype == acc_dtype(s.dtype) else s.float() for s in sums]  # the kernel's T
-        rest = _native.NATIVE.step_given(lists, given, counts, hp, scratch)
+        rest = _native.NATIVE.step_given(lists, sums, counts, hp, scratch)  # sum_sq(acc=True): the kernel's T
     if rest:
         lost = [i for i in rest if lists[0][i].numel() > 0]
         if lost:

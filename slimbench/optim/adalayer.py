@@ -75,7 +75,6 @@ class AdaLayer(Optimizer):
             full = ([], [], [], [], [])
             numels: list[int] = []
             split: list[bool] = []  # per tensor in `layer`: split over ranks, so its sum of G^2 is partial
-            sharded = False
             for p, is_full in zip(group["params"], group["full_adam"]):
                 if p.grad is None:
                     continue
@@ -97,14 +96,13 @@ class AdaLayer(Optimizer):
                 numels.append(p.numel())  # the whole tensor's (a DTensor's numel is global)
                 # a Replicate() DTensor (a tensor-parallel bias) holds the whole tensor: its sum is not reduced
                 split.append(is_sharded(p) and bool(sharded_dims(p)))
-                sharded = sharded or split[-1]
             foreach = group["foreach"] if group["foreach"] is not None else default_foreach(group["params"])
             if full[0]:
                 _torch_adam(*full[:4], [], full[4], foreach=foreach, decoupled_weight_decay=True, amsgrad=False,
                             beta1=beta1, beta2=beta2, lr=lr, weight_decay=wd, eps=eps, maximize=False)
             if layer[0]:
                 _adalayer_update(*layer, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, foreach=foreach,
-                                 numels=numels if sharded else None, split=split)
+                                 numels=numels if any(split) else None, split=split)
         return loss
 
 
